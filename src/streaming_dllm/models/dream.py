@@ -1,0 +1,115 @@
+"""Dream (Dream-v0-Base/Instruct-7B): Qwen2-style bidirectional transformer.
+
+q/k/v projections carry biases, o_proj does not; grouped-query attention. Dream was trained so
+that the logits at position i-1 predict token i: the model returns raw logits and declares the
+shift as a family trait, which the decoder applies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..kv_cache import KVCache
+from .base import DiffusionLM, FamilyTraits
+from .layers import RMSNorm, Rotary, attention
+
+
+class DreamAttention(nn.Module):
+    def __init__(self, d: int, heads: int, kv_heads: int) -> None:
+        super().__init__()
+        hd = d // heads
+        self.heads, self.kv_heads, self.hd = heads, kv_heads, hd
+        self.q_proj = nn.Linear(d, heads * hd, bias=True)
+        self.k_proj = nn.Linear(d, kv_heads * hd, bias=True)
+        self.v_proj = nn.Linear(d, kv_heads * hd, bias=True)
+        self.o_proj = nn.Linear(heads * hd, d, bias=False)
+
+
+class DreamMLP(nn.Module):
+    def __init__(self, d: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(d, hidden, bias=False)
+        self.up_proj = nn.Linear(d, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DreamLayer(nn.Module):
+    def __init__(self, d: int, heads: int, kv_heads: int, hidden: int, eps: float) -> None:
+        super().__init__()
+        self.self_attn = DreamAttention(d, heads, kv_heads)
+        self.mlp = DreamMLP(d, hidden)
+        self.input_layernorm = RMSNorm(d, eps)
+        self.post_attention_layernorm = RMSNorm(d, eps)
+
+    def forward(self, x, cos, sin, layer: int, cache: KVCache | None, key_mask) -> torch.Tensor:
+        b, n, _ = x.shape
+        a = self.self_attn
+        h = self.input_layernorm(x)
+        q = a.q_proj(h).view(b, n, a.heads, a.hd).transpose(1, 2)
+        k = a.k_proj(h).view(b, n, a.kv_heads, a.hd).transpose(1, 2)
+        v = a.v_proj(h).view(b, n, a.kv_heads, a.hd).transpose(1, 2)
+        o = attention(q, k, v, cos, sin, layer, cache, key_mask)
+        x = x + a.o_proj(o.transpose(1, 2).reshape(b, n, -1))
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DreamModel(DiffusionLM):
+    family = "dream"
+    traits = FamilyTraits(
+        logit_shift=True,
+        confidence_dtype=torch.float32,
+        schedule="linspace",
+        first_token_at_block_start=True,
+    )
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        if config.get("rope_scaling"):
+            raise ValueError("Dream config with rope_scaling is not supported")
+        d = config["hidden_size"]
+        heads = config["num_attention_heads"]
+        kv_heads = config.get("num_key_value_heads") or heads
+        eps = config.get("rms_norm_eps", 1e-6)
+        self.model = nn.Module()
+        self.model.embed_tokens = nn.Embedding(config["vocab_size"], d)
+        self.model.layers = nn.ModuleList(
+            DreamLayer(d, heads, kv_heads, config["intermediate_size"], eps)
+            for _ in range(config["num_hidden_layers"])
+        )
+        self.model.norm = RMSNorm(d, eps)
+        self.lm_head = nn.Linear(d, config["vocab_size"], bias=False)
+        self.rotary = Rotary(d // heads, config.get("rope_theta", 10000.0))
+        if config.get("tie_word_embeddings"):
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.layers)
+
+    @classmethod
+    def matches(cls, config: dict[str, Any]) -> bool:
+        arch = config.get("architectures") or []
+        return str(config.get("model_type", "")).lower() == "dream" or "DreamModel" in arch
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: KVCache | None = None,
+        key_mask: torch.Tensor | None = None,
+        logits_rows: slice | None = None,
+    ) -> torch.Tensor:
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = self.rotary.cos_sin(position_ids)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, i, cache, key_mask)
+        if logits_rows is not None:
+            x = x[:, logits_rows]
+        return self.lm_head(self.model.norm(x))

@@ -1,0 +1,86 @@
+"""Building blocks shared by the model families: RMSNorm, rotary embeddings, attention."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..kv_cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    """``w * x * rsqrt(mean(x^2) + eps)`` computed in float32, no +1 on the weight."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+class Rotary(nn.Module):
+    """Rotate-half RoPE over the full head dim; positions are explicit (may be non-contiguous)."""
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        self.head_dim, self.theta = head_dim, theta
+        self.register_buffer("inv_freq", self._inv_freq(torch.device("cpu")), persistent=False)
+
+    def _inv_freq(self, device: torch.device) -> torch.Tensor:
+        exponent = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim
+        return 1.0 / (self.theta**exponent)
+
+    def reset(self, device: torch.device) -> None:
+        """Recompute the frequencies (after building the model on the meta device)."""
+        self.inv_freq = self._inv_freq(device)
+
+    def cos_sin(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin of shape [batch, 1, n, head_dim] in float32."""
+        freqs = position_ids.to(torch.float32)[..., None] * self.inv_freq.float()
+        emb = torch.cat([freqs, freqs], dim=-1)[:, None]
+        return emb.cos(), emb.sin()
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Apply RoPE in float32 and return in the input's dtype."""
+    h = x.float()
+    return (h * cos + _rotate_half(h) * sin).to(x.dtype)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    layer: int,
+    cache: KVCache | None,
+    key_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """Bidirectional attention over [batch, heads, n, head_dim] tensors.
+
+    RoPE is applied to the new queries and keys, the cache merges the new K/V with the cached
+    ones, and grouped K/V heads are repeated so kv head j serves query heads [j*H/KV, (j+1)*H/KV).
+    ``key_mask`` is a boolean [batch, keys] mask (True = attend) covering cached + new keys.
+    """
+    q = apply_rotary(q, cos, sin)
+    k = apply_rotary(k, cos, sin)
+    if cache is not None:
+        k, v = cache.update(layer, k, v)
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k = k.repeat_interleave(groups, dim=1)
+        v = v.repeat_interleave(groups, dim=1)
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

@@ -1,0 +1,105 @@
+"""LLaDA (LLaDA-8B-Base / -Instruct, LLaDA-1.5): pre-norm bidirectional Llama-style transformer.
+
+Weight names and config keys follow the released checkpoints (``model.transformer.blocks.{i}``,
+``d_model``, ``n_heads``...). The MLP is ``ff_out(silu(ff_proj(h)) * up_proj(h))``; ``attn_out``
+is the attention output projection and ``model.transformer.ff_out`` the LM head.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..kv_cache import KVCache
+from .base import DiffusionLM, FamilyTraits
+from .layers import RMSNorm, Rotary, attention
+
+
+class LLaDABlock(nn.Module):
+    def __init__(self, d: int, heads: int, kv_heads: int, hidden: int, eps: float, bias: bool) -> None:
+        super().__init__()
+        hd = d // heads
+        self.heads, self.kv_heads, self.hd = heads, kv_heads, hd
+        self.attn_norm = RMSNorm(d, eps)
+        self.ff_norm = RMSNorm(d, eps)
+        self.q_proj = nn.Linear(d, heads * hd, bias=bias)
+        self.k_proj = nn.Linear(d, kv_heads * hd, bias=bias)
+        self.v_proj = nn.Linear(d, kv_heads * hd, bias=bias)
+        self.attn_out = nn.Linear(d, d, bias=bias)
+        self.ff_proj = nn.Linear(d, hidden, bias=bias)
+        self.up_proj = nn.Linear(d, hidden, bias=bias)
+        self.ff_out = nn.Linear(hidden, d, bias=bias)
+
+    def forward(self, x, cos, sin, layer: int, cache: KVCache | None, key_mask) -> torch.Tensor:
+        b, n, _ = x.shape
+        h = self.attn_norm(x)
+        q = self.q_proj(h).view(b, n, self.heads, self.hd).transpose(1, 2)
+        k = self.k_proj(h).view(b, n, self.kv_heads, self.hd).transpose(1, 2)
+        v = self.v_proj(h).view(b, n, self.kv_heads, self.hd).transpose(1, 2)
+        a = attention(q, k, v, cos, sin, layer, cache, key_mask)
+        x = x + self.attn_out(a.transpose(1, 2).reshape(b, n, -1))
+        h = self.ff_norm(x)
+        return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
+
+
+class LLaDATransformer(nn.Module):
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        d = cfg["d_model"]
+        heads = cfg["n_heads"]
+        kv_heads = cfg.get("n_kv_heads") or heads
+        hidden = cfg.get("mlp_hidden_size") or cfg.get("mlp_ratio", 4) * d
+        eps = cfg.get("rms_norm_eps", 1e-5)
+        vocab = cfg.get("embedding_size") or cfg["vocab_size"]
+        bias = bool(cfg.get("include_bias", False))
+        self.wte = nn.Embedding(vocab, d)
+        self.blocks = nn.ModuleList(
+            LLaDABlock(d, heads, kv_heads, hidden, eps, bias) for _ in range(cfg["n_layers"])
+        )
+        self.ln_f = RMSNorm(d, eps)
+        self.ff_out = nn.Linear(d, vocab, bias=False)
+
+
+class LLaDAModel(DiffusionLM):
+    family = "llada"
+    traits = FamilyTraits(logit_shift=False, confidence_dtype=torch.float64, schedule="even")
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        for key in ("alibi", "weight_tying", "input_emb_norm", "attention_layer_norm", "scale_logits"):
+            if config.get(key):
+                raise ValueError(f"LLaDA config option {key}=true is not supported")
+        if config.get("rope") is False:
+            raise ValueError("LLaDA config without RoPE (rope=false) is not supported")
+        self.model = nn.Module()
+        self.model.transformer = LLaDATransformer(config)
+        self.rotary = Rotary(config["d_model"] // config["n_heads"], config.get("rope_theta", 10000.0))
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.transformer.blocks)
+
+    @classmethod
+    def matches(cls, config: dict[str, Any]) -> bool:
+        arch = config.get("architectures") or []
+        return str(config.get("model_type", "")).lower() == "llada" or "LLaDAModelLM" in arch
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: KVCache | None = None,
+        key_mask: torch.Tensor | None = None,
+        logits_rows: slice | None = None,
+    ) -> torch.Tensor:
+        t = self.model.transformer
+        x = t.wte(input_ids)
+        cos, sin = self.rotary.cos_sin(position_ids)
+        for i, block in enumerate(t.blocks):
+            x = block(x, cos, sin, i, cache, key_mask)
+        if logits_rows is not None:
+            x = x[:, logits_rows]
+        return t.ff_out(t.ln_f(x))
