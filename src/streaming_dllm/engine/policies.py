@@ -1,0 +1,114 @@
+"""Per-step decisions on hand-made or model logits: scores, schedules and commit rules.
+
+Everything here is a pure function of tensors, so each rule is unit-testable on its own.
+Candidates are marked by a boolean tensor; non-candidates never get committed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+NEG_INF = float("-inf")
+
+
+def choose_tokens(
+    logits: torch.Tensor,
+    remasking: str,
+    temperature: float,
+    confidence_dtype: torch.dtype,
+    generators: list[torch.Generator | None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token choice and confidence score for rows of logits [R, K, V] -> ([R, K], [R, K]).
+
+    temperature 0 takes the argmax; > 0 takes the Gumbel-max on float64 logits (row r draws its
+    noise from ``generators[r]``, so a row's samples do not depend on its batch). The score is
+    the probability of the chosen token (``low_confidence`` / ``maskgit_plus``), the negative
+    entropy (``entropy``), top-1 minus top-2 (``margin``) or uniform noise (``random``).
+    """
+    if temperature > 0:
+        noise = _uniform_like(logits, torch.float64, generators)
+        gumbel = (-torch.log(noise)) ** temperature
+        x0 = (logits.to(torch.float64).exp() / gumbel).argmax(-1)
+    else:
+        x0 = logits.argmax(-1)
+    if remasking == "random":
+        return x0, _uniform_like(x0, torch.float64, generators)
+    p = F.softmax(logits.to(confidence_dtype), dim=-1)
+    if remasking == "entropy":
+        return x0, (p * torch.log(p + 1e-10)).sum(-1)
+    if remasking == "margin":
+        top2 = p.topk(2, dim=-1).values
+        return x0, top2[..., 0] - top2[..., 1]
+    return x0, p.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+
+
+def _uniform_like(t: torch.Tensor, dtype: torch.dtype, generators) -> torch.Tensor:
+    if generators is None:
+        return torch.rand(t.shape, dtype=dtype, device=t.device)
+    rows = [torch.rand(t.shape[1:], dtype=dtype, device=t.device, generator=g) for g in generators]
+    return torch.stack(rows)
+
+
+def top_k_select(conf: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Commit the ``k[r]`` most confident candidates of each row (k may differ per row)."""
+    conf = conf.masked_fill(~candidates, NEG_INF)
+    kmax = int(k.max().item()) if k.numel() else 0
+    sel = torch.zeros_like(candidates)
+    if kmax <= 0:
+        return sel
+    idx = conf.topk(min(kmax, conf.shape[-1]), dim=-1).indices
+    take = torch.arange(idx.shape[-1], device=k.device)[None, :] < k[:, None]
+    sel.scatter_(-1, idx, take)
+    return sel & candidates
+
+
+def threshold_select(conf: torch.Tensor, candidates: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """Commit candidates with confidence >= the row's threshold, and always the most confident.
+
+    The threshold is compared in the confidence's dtype, as a Python-float threshold is in the
+    reference code.
+    """
+    conf = conf.masked_fill(~candidates, NEG_INF)
+    sel = (conf >= threshold.to(conf.dtype)[:, None]) & candidates
+    best = conf.argmax(-1, keepdim=True)
+    sel.scatter_(-1, best, candidates.gather(-1, best))
+    return sel
+
+
+def dynamic_threshold(tau0: float, alpha: float, mask_ratio: torch.Tensor) -> torch.Tensor:
+    """Streaming-dLLM's tau(t) = tau0 * (1 - alpha * (1 - r)), r = share of masks still left."""
+    return tau0 * (1.0 - alpha * (1.0 - mask_ratio.to(torch.float64)))
+
+
+def factor_select(conf: torch.Tensor, candidates: torch.Tensor, factor: float) -> torch.Tensor:
+    """Fast-dLLM's factor rule: sorted confidences c_j pass while c_j >= 1 - f/(j+1).
+
+    The first always passes; with k passing out of n candidates, commit the top k, except that
+    k >= n-1 commits all n (the reference's off-by-one, kept for parity).
+    """
+    n = candidates.sum(-1)
+    sorted_conf = conf.masked_fill(~candidates, NEG_INF).sort(dim=-1, descending=True).values
+    j = torch.arange(1, conf.shape[-1] + 1, device=conf.device, dtype=torch.float64)
+    bound = 1.0 - factor / (j + 1.0)
+    ok = sorted_conf.to(torch.float64) >= bound[None, :]
+    ok[:, 0] = True
+    passed = ok.long().cumprod(-1).sum(-1)
+    k = torch.where(passed >= n - 1, n, passed)
+    return top_k_select(conf, candidates, k)
+
+
+def even_schedule(masks: torch.Tensor, steps: int) -> torch.Tensor:
+    """LLaDA's schedule: m masks over ``steps`` steps -> [R, steps] counts, remainder first."""
+    base = masks[:, None] // steps
+    extra = (torch.arange(steps, device=masks.device)[None, :] < (masks % steps)[:, None]).long()
+    return base + extra
+
+
+def linspace_count(masks: torch.Tensor, step: int, steps: int, eps: float) -> torch.Tensor:
+    """Dream's schedule: ``int(n * (1 - t[i+1]/t[i]))`` in float32, everything at the last step."""
+    if step >= steps - 1:
+        return masks
+    t = torch.linspace(1, eps, steps + 1, dtype=torch.float32)
+    ratio = 1 - t[step + 1] / t[step]
+    return (masks.to(torch.float32) * ratio.to(masks.device)).long()
