@@ -1,0 +1,5 @@
+"""Evaluation tasks shipped with the package (small, seeded, scorable offline)."""
+
+from . import arith
+
+__all__ = ["arith"]

@@ -1,0 +1,307 @@
+"""Train the built-in demo dLLM on the arithmetic task: ``python -m streaming_dllm.train_demo``.
+
+The objective is LLaDA's SFT recipe: the chat-templated prompt is never masked; the response
+(worked solution, ``<|eot|>``, then ``<|endoftext|>`` padding up to the row's length) is masked
+token by token with probability t ~ U(eps, 1], and the cross-entropy on masked positions is
+weighted by 1/t and normalised by the response length. Padding lengths vary per batch (some up
+to 512 tokens), so the model learns to fill long generation regions with EOS as an instruct
+dLLM does. Training is seeded and resumable: ``train_state.pt`` in ``--out`` is picked up
+automatically; the final checkpoint (config, safetensors, tokenizer) is written to ``--out``
+and, with ``--export DIR``, copied to DIR (``src/streaming_dllm/builtin`` for the shipped one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .models.llada import LLaDAModel
+from .tasks import arith
+from .tasks import tokenizer as tok_lib
+
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a run; saved next to the checkpoint so a run can be repeated."""
+
+    out: str = "runs/builtin"
+    d_model: int = 192
+    n_layers: int = 6
+    n_heads: int = 6
+    mlp_hidden_size: int = 512
+    steps: int = 3000
+    batch_size: int = 32
+    batch_tokens: int = 4096
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05
+    warmup: int = 100
+    weight_decay: float = 0.01
+    train_problems: int = 100_000
+    pad_lengths: tuple[int, ...] = (64, 96, 128, 256, 512)
+    pad_weights: tuple[float, ...] = (0.6, 0.2, 0.1, 0.07, 0.03)
+    eps: float = 1e-3
+    seed: int = 0
+    threads: int = 2
+    save_every: int = 100
+    eval_every: int = 250
+    eval_n: int = 32
+    time_limit_min: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def model_config(cfg: TrainConfig, tokenizer) -> dict:
+    """A LLaDA-layout config.json whose special ids come from the tokenizer."""
+    ids = tok_lib.special_ids(tokenizer)
+    vocab = len(tokenizer)
+    return {
+        "architectures": ["LLaDAModelLM"],
+        "model_type": "llada",
+        "d_model": cfg.d_model,
+        "n_heads": cfg.n_heads,
+        "n_kv_heads": cfg.n_heads,
+        "n_layers": cfg.n_layers,
+        "mlp_hidden_size": cfg.mlp_hidden_size,
+        "mlp_ratio": cfg.mlp_hidden_size / cfg.d_model,
+        "vocab_size": vocab,
+        "embedding_size": vocab,
+        "rope": True,
+        "rope_theta": 10000.0,
+        "rms_norm_eps": 1e-5,
+        "include_bias": False,
+        "weight_tying": False,
+        "max_sequence_length": 4096,
+        "torch_dtype": "float32",
+        **ids,
+    }
+
+
+def get_tokenizer(out: Path):
+    """Load the run's tokenizer, training it on task text the first time."""
+    from transformers import AutoTokenizer
+
+    if (out / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(str(out))
+    texts = [p.prompt + "\n" + p.solution for p in arith.problems("train", 20_000)]
+    tokenizer = tok_lib.train_tokenizer(texts)
+    tok_lib.save_tokenizer(tokenizer, out)
+    return AutoTokenizer.from_pretrained(str(out))
+
+
+def encode_prompts(tokenizer, problems: list[arith.Problem]) -> list[list[int]]:
+    texts = [tokenizer.apply_chat_template(arith.messages(p), add_generation_prompt=True, tokenize=False)
+             for p in problems]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def encode_data(tokenizer, problems: list[arith.Problem]) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompt ids and response ids (solution + end-of-turn) per problem."""
+    eot = tokenizer.convert_tokens_to_ids(tok_lib.EOT)
+    responses = tokenizer([p.solution for p in problems], add_special_tokens=False)["input_ids"]
+    return encode_prompts(tokenizer, problems), [r + [eot] for r in responses]
+
+
+def make_batch(prompts, responses, pad_len: int, eos: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of prompt + response + EOS padding, all of length max(prompt) + pad_len.
+
+    Returns the ids and a bool mask of the response region (the part that may be masked).
+    """
+    width = max(len(p) for p in prompts) + max(pad_len, max(len(r) for r in responses))
+    ids = torch.full((len(prompts), width), eos, dtype=torch.long)
+    region = torch.ones((len(prompts), width), dtype=torch.bool)
+    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+        ids[i, : len(p)] = torch.tensor(p)
+        ids[i, len(p) : len(p) + len(r)] = torch.tensor(r)
+        region[i, : len(p)] = False
+    return ids, region
+
+
+def diffusion_loss(model, ids: torch.Tensor, region: torch.Tensor, mask_id: int, eps: float,
+                   gen: torch.Generator) -> torch.Tensor:
+    """LLaDA SFT loss: mask the response with ratio t per row, CE on masked tokens weighted 1/t."""
+    b, n = ids.shape
+    t = (torch.randperm(b, generator=gen) + torch.rand(b, generator=gen)) / b  # stratified in (0, 1)
+    t = t.clamp(min=eps)
+    masked = (torch.rand(b, n, generator=gen) < t[:, None]) & region
+    noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)
+    pos = torch.arange(n).expand(b, n)
+    logits = model(noisy, pos)
+    ce = F.cross_entropy(logits[masked], ids[masked], reduction="none")
+    weight = (1.0 / t[:, None]).expand(b, n)[masked] / region.sum(1, keepdim=True).expand(b, n)[masked]
+    return (ce * weight).sum() / b
+
+
+@torch.no_grad()
+def greedy_decode(model, prompts: list[list[int]], gen_length: int, block_length: int, mask_id: int,
+                  pad_id: int) -> list[list[int]]:
+    """Vanilla low-confidence decoding, one token per step: a self-contained check for training."""
+    b = len(prompts)
+    plen = max(len(p) for p in prompts)
+    x = torch.full((b, plen + gen_length), mask_id, dtype=torch.long)
+    valid = torch.ones_like(x, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        x[i, : plen - len(p)] = pad_id
+        valid[i, : plen - len(p)] = False
+        x[i, plen - len(p) : plen] = torch.tensor(p)
+    pos = (valid.long().cumsum(1) - 1).clamp(min=0)
+    rows = torch.arange(b)
+    for start in range(plen, plen + gen_length, block_length):
+        for _ in range(block_length):
+            logits = model(x, pos, key_mask=valid)[:, start : start + block_length].double()
+            conf, pred = logits.softmax(-1).max(-1)
+            is_mask = x[:, start : start + block_length] == mask_id
+            conf = torch.where(is_mask, conf, torch.full_like(conf, -1.0))
+            j = conf.argmax(-1)
+            keep = is_mask[rows, j]
+            x[rows[keep], start + j[keep]] = pred[rows[keep], j[keep]]
+    return [x[i, plen:].tolist() for i in range(b)]
+
+
+def quick_eval(model, tokenizer, problems: list[arith.Problem], gen_length: int = 64) -> float:
+    """Exact-match accuracy with ``greedy_decode`` on a few problems."""
+    model.eval()
+    outs = greedy_decode(model, encode_prompts(tokenizer, problems), gen_length, 32,
+                         tokenizer.mask_token_id, tokenizer.pad_token_id)
+    model.train()
+    texts = tokenizer.batch_decode(outs, skip_special_tokens=True)
+    return sum(arith.score(t, p.answer) for t, p in zip(texts, problems, strict=True)) / len(problems)
+
+
+def init_weights(model: LLaDAModel, n_layers: int) -> None:
+    """GPT-style init: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * layers)."""
+    for name, p in model.named_parameters():
+        if p.dim() == 2:
+            std = 0.02 / math.sqrt(2 * n_layers) if name.endswith(("attn_out.weight", "ff_out.weight")) \
+                and ".blocks." in name else 0.02
+            torch.nn.init.normal_(p, std=std)
+
+
+def lr_at(step: int, elapsed: float, cfg: TrainConfig) -> float:
+    """Warmup then cosine decay; with a time limit, the decay follows whichever budget runs out first."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    if cfg.time_limit_min:
+        frac = max(frac, min(1.0, elapsed / (cfg.time_limit_min * 60)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def save_checkpoint(model: LLaDAModel, config: dict, out: Path) -> None:
+    from safetensors.torch import save_file
+
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+
+
+def train(cfg: TrainConfig, export: str | None = None, log=print) -> dict:
+    """Run (or resume) training; returns a summary with the final quick-eval accuracy."""
+    from tqdm import tqdm
+
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    tokenizer = get_tokenizer(out)
+    config = model_config(cfg, tokenizer)
+    model = LLaDAModel(config)
+    init_weights(model, cfg.n_layers)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step, elapsed = 0, 0.0
+    state_path = out / "train_state.pt"
+    if state_path.is_file():
+        state = torch.load(state_path, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        step, elapsed = int(state["step"]), float(state["elapsed"])
+        log(f"resumed from {state_path} at step {step}")
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+
+    prompts, responses = encode_data(tokenizer, arith.problems("train", cfg.train_problems))
+    dev = arith.problems("dev", cfg.eval_n)
+    eos, mask_id = config["eos_token_id"], config["mask_token_id"]
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model: {n_params / 1e6:.2f}M params, vocab {config['vocab_size']}, {len(prompts)} train problems")
+    pad_w = torch.tensor(cfg.pad_weights, dtype=torch.float)
+
+    def save_state() -> None:
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
+                    "step": step, "elapsed": elapsed}, state_path)
+
+    model.train()
+    acc = float("nan")
+    t0 = time.time() - elapsed
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True)
+    while step < cfg.steps:
+        pad_len = cfg.pad_lengths[int(torch.multinomial(pad_w, 1, generator=gen))]
+        rows = max(2, min(cfg.batch_size, cfg.batch_tokens // (pad_len + 64)))  # long rows: fewer of them
+        idx = torch.randint(len(prompts), (rows,), generator=gen).tolist()
+        ids, region = make_batch([prompts[i] for i in idx], [responses[i] for i in idx], pad_len, eos)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, time.time() - t0, cfg)
+        loss = diffusion_loss(model, ids, region, mask_id, cfg.eps, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        elapsed = time.time() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", len=ids.shape[1])
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            save_state()
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            acc = quick_eval(model, tokenizer, dev)
+            log(f"step {step} loss {loss.item():.4f} dev@{cfg.eval_n} {acc:.3f} "
+                f"elapsed {elapsed / 60:.1f} min")
+        if cfg.time_limit_min and elapsed > cfg.time_limit_min * 60:
+            log(f"time limit reached at step {step}; stopping early")
+            save_state()
+            break
+    bar.close()
+    model.eval()
+    save_checkpoint(model, config, out)
+    if export:
+        dest = Path(export)
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in CHECKPOINT_FILES:
+            shutil.copy2(out / name, dest / name)
+        log(f"exported checkpoint to {dest}")
+    return {"step": step, "params": n_params, "elapsed_s": elapsed, "dev_acc": acc}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    defaults = TrainConfig()
+    for name in ("out", "d_model", "n_layers", "n_heads", "mlp_hidden_size", "steps", "batch_size",
+                 "batch_tokens", "lr",
+                 "warmup", "train_problems", "seed", "threads", "save_every", "eval_every", "eval_n",
+                 "time_limit_min"):
+        default = getattr(defaults, name)
+        parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
+    parser.add_argument("--pad-lengths", type=int, nargs="+", default=list(defaults.pad_lengths))
+    parser.add_argument("--pad-weights", type=float, nargs="+", default=list(defaults.pad_weights))
+    parser.add_argument("--export", default=None,
+                        help="copy the final checkpoint here (e.g. src/streaming_dllm/builtin)")
+    args = vars(parser.parse_args(argv))
+    export = args.pop("export")
+    args["pad_lengths"], args["pad_weights"] = tuple(args["pad_lengths"]), tuple(args["pad_weights"])
+    if len(args["pad_lengths"]) != len(args["pad_weights"]):
+        parser.error("--pad-lengths and --pad-weights need the same number of values")
+    summary = train(TrainConfig(**args), export=export)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

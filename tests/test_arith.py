@@ -1,0 +1,86 @@
+"""The arithmetic task: fixed splits, fresh samples, consistent solutions and the scorer."""
+
+import re
+
+import pytest
+
+from streaming_dllm.tasks import arith
+
+
+def test_fixed_splits_sizes_and_disjointness():
+    test, dev = arith.problems("test"), arith.problems("dev")
+    assert len(test) >= 500
+    assert len(dev) > 0
+    test_prompts = {p.prompt for p in test}
+    assert len(test_prompts) == len(test)
+    assert not test_prompts & {p.prompt for p in dev}
+    assert not test_prompts & {p.prompt for p in arith.problems("train", 2000)}
+
+
+def test_splits_are_reproducible_and_match_the_generator():
+    assert arith.problems("test", 5) == arith.problems("test", 5)
+    assert arith.problems("train", 50) == arith.problems("train", 50)
+    regenerated = arith.generate(arith.SPLIT_SIZES["test"], arith._SPLIT_SEEDS["test"])
+    assert regenerated[:20] == arith.problems("test", 20)
+
+
+def test_seeded_sample_is_fresh_and_deterministic():
+    a = arith.problems("test", n=30, seed=7)
+    assert a == arith.problems("test", n=30, seed=7)
+    assert a != arith.problems("test", n=30, seed=8)
+    held_out = {p.prompt for p in arith.problems("test")} | {p.prompt for p in arith.problems("dev")}
+    assert not {p.prompt for p in a} & held_out
+
+
+def test_unknown_split_is_refused():
+    with pytest.raises(ValueError, match="split"):
+        arith.problems("validation")
+
+
+def _check_solution(p: arith.Problem) -> int:
+    lines = p.solution.split("\n")
+    assert lines[-1] == f"The answer is {p.answer}."
+    ops = {"+": int.__add__, "-": int.__sub__, "*": int.__mul__, "/": int.__floordiv__}
+    for line in lines[:-1]:
+        m = re.fullmatch(r"(\d+) ([-+*/]) (\d+) = (\d+)\.", line)
+        assert m, line
+        a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+        assert ops[op](a, b) == c
+        if op == "/":
+            assert a % b == 0
+        assert 0 < c <= arith.MAX_VALUE
+    return len(lines) - 1
+
+
+def test_solutions_are_correct_worked_equations_with_2_to_4_operations():
+    counts = {_check_solution(p) for p in arith.problems("test")}
+    assert counts == {2, 3, 4}
+
+
+def test_problems_vary_in_names_objects_and_templates():
+    ps = arith.problems("test", 200)
+    assert len({p.prompt.split()[0] for p in ps}) > 10
+    assert len({w for p in ps for w in p.prompt.split() if w in arith.OBJECTS}) > 10
+    assert len({len(p.solution) for p in ps}) > 10
+
+
+def test_messages_are_one_user_turn():
+    p = arith.problems("dev", 1)[0]
+    assert arith.messages(p) == [{"role": "user", "content": p.prompt}]
+
+
+@pytest.mark.parametrize(
+    ("text", "answer", "ok"),
+    [
+        ("3 + 4 = 7.\nThe answer is 7.", 7, True),
+        ("3 + 4 = 7.\nThe answer is 7.", "7", True),
+        ("The answer is 8.", 7, False),
+        ("3 + 4 = 7.\n7 * 2 = 14.", 14, True),
+        ("The answer is 12. Then 5 more.", 12, True),
+        ("no number here", 3, False),
+        ("", 0, False),
+        ("The answer is 70.", 7, False),
+    ],
+)
+def test_score(text, answer, ok):
+    assert arith.score(text, answer) is ok
