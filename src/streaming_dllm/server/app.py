@@ -1,0 +1,289 @@
+"""The FastAPI app: OpenAI-compatible completions and chat completions over the engine.
+
+The front end only authenticates, reads and validates the body, and turns blocks into text; the
+``Batcher`` decodes. Every error leaves as an OpenAI error object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .batcher import Batcher, Chunk, Done, Failed, Job
+from .errors import APIError, error_body
+from .metrics import Metrics
+from .output import ChoiceText, end_token_ids
+from .requests import Plan, Translator, parse_body
+from .schemas import ChatCompletionRequest, CompletionRequest
+from .settings import ServerSettings
+
+log = logging.getLogger("streaming_dllm.server")
+
+ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics")
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class _MetricsMiddleware:
+    """Counts every HTTP response by endpoint and status and times it until its last byte."""
+
+    def __init__(self, app, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), [500]
+
+        async def send_status(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            path = scope["path"]
+            endpoint = path if path in ENDPOINTS else "other"
+            if path.startswith("/v1/models/"):
+                endpoint = "/v1/models"
+            self.metrics.requests.labels(endpoint, str(status[0])).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    too_big = APIError(413, f"request body is larger than the limit of {limit} bytes", code="body_too_large")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise too_big
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise too_big
+        parts.append(part)
+    return b"".join(parts)
+
+
+def _sse(obj: dict[str, Any] | str) -> str:
+    return f"data: {obj if isinstance(obj, str) else json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+class _Service:
+    """State shared by the routes: model, tokenizer, translator, batcher, metrics."""
+
+    def __init__(self, model, tokenizer, settings: ServerSettings) -> None:
+        self.settings, self.tok = settings, tokenizer
+        self.metrics = Metrics()
+        self.end_ids = end_token_ids(model, tokenizer)
+        vocab = model.config.get("embedding_size") or model.config.get("vocab_size") or len(tokenizer)
+        self.translator = Translator(settings, tokenizer, int(vocab))
+        self.batcher = Batcher(model, settings.limits, self.metrics, self.end_ids)
+        self.created = int(time.time())
+
+    def check_auth(self, request: Request) -> None:
+        key = self.settings.api_key
+        if not key:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise APIError(401, "authorization: missing API key; send 'Authorization: Bearer <key>'",
+                           param="authorization", code="missing_api_key")
+        if not hmac.compare_digest(token.strip().encode(), key.encode()):
+            raise APIError(401, "authorization: invalid API key", param="authorization",
+                           code="invalid_api_key")
+
+    def model_card(self) -> dict[str, Any]:
+        return {"id": self.settings.model_name, "object": "model", "created": self.created,
+                "owned_by": "streaming-dllm"}
+
+    async def handle(self, request: Request, chat: bool) -> Response:
+        self.check_auth(request)
+        raw = await _read_body(request, self.settings.limits.max_body_bytes)
+        if chat:
+            req = parse_body(raw, ChatCompletionRequest)
+            plan = self.translator.chat(req)
+        else:
+            req = parse_body(raw, CompletionRequest)
+            plan = self.translator.completion(req)
+        job = Job(plan, asyncio.get_running_loop())
+        self.batcher.submit(job)
+        self.metrics.prompt_tokens.inc(plan.prompt_tokens)
+        texts = [ChoiceText(self.tok, self.end_ids, plan.max_tokens, plan.stops) for _ in plan.rows]
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        head = {"id": rid, "object": "chat.completion" if chat else "text_completion",
+                "created": int(time.time()), "model": self.settings.model_name}
+        if req.stream:
+            head["object"] = "chat.completion.chunk" if chat else "text_completion"
+            return StreamingResponse(self._stream(job, texts, head, chat), media_type="text/event-stream",
+                                     headers=SSE_HEADERS)
+        watcher = asyncio.create_task(self._watch_disconnect(request, job))
+        try:
+            async for _ in self._blocks(job, texts):
+                pass
+        finally:
+            watcher.cancel()
+            self.batcher.cancel(job)
+        if chat:
+            choices = [{"index": i, "message": {"role": "assistant", "content": t.text}, "logprobs": None,
+                        "finish_reason": t.finish_reason} for i, t in enumerate(texts)]
+        else:
+            choices = [{"index": i, "text": t.text, "logprobs": None, "finish_reason": t.finish_reason}
+                       for i, t in enumerate(texts)]
+        return JSONResponse({**head, "choices": choices, "usage": self._usage(plan, texts)})
+
+    async def _blocks(self, job: Job, texts: list[ChoiceText]) -> AsyncIterator[list[str]]:
+        """Feed each finished block to the choices; yield the new text of every choice."""
+        first = True
+        while not all(t.finished for t in texts):
+            event = await job.events.get()
+            if isinstance(event, Failed):
+                err = event.error
+                if isinstance(err, APIError):
+                    raise err
+                raise APIError(500, f"decoding failed: {type(err).__name__}: {err}", code="decoding_failed")
+            if isinstance(event, Done):
+                yield [t.feed([], last=True) for t in texts]
+                break
+            assert isinstance(event, Chunk)
+            if first:
+                self.metrics.first_chunk.observe(time.perf_counter() - job.enqueued)
+                first = False
+            rows = zip(texts, event.tokens, event.finished, strict=True)
+            yield [t.feed(toks, last=fin) for t, toks, fin in rows]
+        job.cancelled = True
+        self.metrics.generated_tokens.inc(sum(t.completion_tokens for t in texts))
+
+    async def _stream(self, job: Job, texts: list[ChoiceText], head: dict[str, Any],
+                      chat: bool) -> AsyncIterator[str]:
+        """SSE: one chunk per choice per finished block (when it adds text or ends), then [DONE]."""
+        plan: Plan = job.plan
+        announced = [False] * len(texts)
+        complete = False
+        try:
+            if chat:
+                for i in range(len(texts)):
+                    delta = {"role": "assistant", "content": ""}
+                    yield _sse({**head, "choices": [{"index": i, "delta": delta, "logprobs": None,
+                                                     "finish_reason": None}]})
+            async for pieces in self._blocks(job, texts):
+                for i, (t, piece) in enumerate(zip(texts, pieces, strict=True)):
+                    ending = t.finished and not announced[i]
+                    if not piece and not ending:
+                        continue
+                    announced[i] = announced[i] or ending
+                    reason = t.finish_reason if ending else None
+                    if chat:
+                        delta = {"content": piece} if piece else {}
+                        choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": reason}
+                    else:
+                        choice = {"index": i, "text": piece, "logprobs": None, "finish_reason": reason}
+                    yield _sse({**head, "choices": [choice]})
+            if plan.include_usage:
+                yield _sse({**head, "choices": [], "usage": self._usage(plan, texts)})
+            complete = True
+        except APIError as err:
+            complete = True
+            yield _sse(err.body())
+        finally:
+            self.batcher.cancel(job)
+            if not complete:
+                self.metrics.disconnects.inc()
+        yield _sse("[DONE]")
+
+    async def _watch_disconnect(self, request: Request, job: Job) -> None:
+        """Cancel a non-streamed job whose client has gone away."""
+        while not job.cancelled:
+            if await request.is_disconnected():
+                self.metrics.disconnects.inc()
+                self.batcher.cancel(job)
+                job.events.put_nowait(Failed(APIError(499, "client disconnected")))
+                return
+            await asyncio.sleep(0.1)
+
+    @staticmethod
+    def _usage(plan: Plan, texts: list[ChoiceText]) -> dict[str, int]:
+        completion = sum(t.completion_tokens for t in texts)
+        return {"prompt_tokens": plan.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": plan.prompt_tokens + completion}
+
+
+def create_app(model, tokenizer, settings: ServerSettings | None = None) -> FastAPI:
+    """The OpenAI-compatible app serving ``model``; the batch worker runs while the app does."""
+    settings = settings or ServerSettings()
+    settings.validate()
+    svc = _Service(model, tokenizer, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        svc.batcher.start()
+        yield
+        await asyncio.to_thread(svc.batcher.stop)
+
+    app = FastAPI(title="streaming-dllm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = svc
+    app.add_middleware(_MetricsMiddleware, metrics=svc.metrics)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            msg = f"no route {request.method} {request.url.path}"
+        else:
+            msg = f"{exc.detail}: {request.method} {request.url.path}"
+        return JSONResponse(error_body(exc.status_code, msg, code=str(exc.detail).lower().replace(" ", "_")),
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse(error_body(500, "internal server error", code="internal_error"), status_code=500)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": settings.model_name, "queued": svc.batcher.queued,
+                "running": svc.batcher.running}
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        svc.check_auth(request)
+        return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        svc.check_auth(request)
+        return {"object": "list", "data": [svc.model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str, request: Request) -> dict[str, Any]:
+        svc.check_auth(request)
+        if model_id != settings.model_name:
+            raise APIError(404, f"model: {model_id!r} does not exist", param="model", code="model_not_found")
+        return svc.model_card()
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await svc.handle(request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await svc.handle(request, chat=True)
+
+    return app

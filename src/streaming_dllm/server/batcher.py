@@ -1,0 +1,201 @@
+"""The request queue and the worker thread that decodes batches with the engine.
+
+Requests whose decoding settings are identical (everything but the seed) are decoded together
+as one engine batch; each row decodes exactly as it would alone, so batching changes speed,
+never results. The worker runs ``sd.stream`` off the event loop and posts each finished block
+to the waiting request's asyncio queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from ..engine import stream
+from .errors import APIError
+from .metrics import Metrics
+from .requests import Plan
+from .settings import Limits
+
+log = logging.getLogger("streaming_dllm.server")
+
+
+@dataclass
+class Chunk:
+    """One finished block for a job: ``tokens[r]`` / ``finished[r]`` per row of the job."""
+
+    index: int
+    tokens: list[list[int]]
+    finished: list[bool]
+
+
+@dataclass
+class Done:
+    nfe: int
+
+
+@dataclass
+class Failed:
+    error: BaseException
+
+
+class Job:
+    """A request in flight: its plan, the loop to report to, and its cancelled flag."""
+
+    def __init__(self, plan: Plan, loop: asyncio.AbstractEventLoop) -> None:
+        self.plan, self.loop = plan, loop
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.cancelled = False
+        self.enqueued = time.perf_counter()
+        self.started: float | None = None
+
+    def post(self, event: Chunk | Done | Failed) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            self.cancelled = True
+
+
+def batch_key(plan: Plan) -> tuple:
+    """Requests with equal keys may share a batch (one batch = one DecodeConfig)."""
+    d = plan.cfg.to_dict()
+    d.pop("seed", None)
+    return tuple(sorted(d.items()))
+
+
+class Batcher:
+    """A bounded FIFO of jobs and one worker thread that decodes them in batches."""
+
+    def __init__(self, model, limits: Limits, metrics: Metrics, end_ids: set[int]) -> None:
+        self.model, self.limits, self.metrics, self.end_ids = model, limits, metrics, end_ids
+        self._pending: deque[Job] = deque()
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._work, name="sdllm-batcher", daemon=True)
+        self.running = 0
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopping = True
+            left = list(self._pending)
+            self._pending.clear()
+            self._cv.notify_all()
+        for job in left:
+            job.post(Failed(APIError(503, "the server is shutting down", code="shutting_down")))
+        self._thread.join(timeout=30)
+
+    def submit(self, job: Job) -> None:
+        """Queue a job, or refuse at once (429) when the queue is full."""
+        with self._cv:
+            if self._stopping:
+                raise APIError(503, "the server is shutting down", code="shutting_down")
+            if len(self._pending) >= self.limits.max_queue:
+                self.metrics.rejected.inc()
+                raise APIError(429, f"the server is busy ({len(self._pending)} requests queued, limit "
+                               f"{self.limits.max_queue}); retry later", code="queue_full")
+            self._pending.append(job)
+            self.metrics.queue_depth.set(len(self._pending))
+            self._cv.notify()
+
+    def cancel(self, job: Job) -> None:
+        """The client is gone: drop the job from the queue, or let the worker skip its rows."""
+        job.cancelled = True
+        with self._cv:
+            if job in self._pending:
+                self._pending.remove(job)
+                self.metrics.queue_depth.set(len(self._pending))
+
+    def _take(self) -> list[Job] | None:
+        """Wait for work; return the oldest job plus every queued job that can share its batch."""
+        lim = self.limits
+        with self._cv:
+            while not self._pending and not self._stopping:
+                self._cv.wait()
+            if self._stopping:
+                return None
+            deadline = time.perf_counter() + lim.batch_wait_ms / 1000
+            while (not self._stopping and sum(len(j.plan.rows) for j in self._pending) < lim.max_batch_size
+                   and (left := deadline - time.perf_counter()) > 0):
+                self._cv.wait(left)
+            if self._stopping or not self._pending:
+                return None if self._stopping else []
+            head = self._pending.popleft()
+            key, rows, batch = batch_key(head.plan), len(head.plan.rows), [head]
+            for job in list(self._pending):
+                if rows + len(job.plan.rows) <= lim.max_batch_size and batch_key(job.plan) == key:
+                    self._pending.remove(job)
+                    batch.append(job)
+                    rows += len(job.plan.rows)
+            self.metrics.queue_depth.set(len(self._pending))
+            return batch
+
+    def _work(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            if not batch:
+                continue
+            now = time.perf_counter()
+            for job in batch:
+                job.started = now
+                self.metrics.queue_wait.observe(now - job.enqueued)
+            self.running = len(batch)
+            self.metrics.running.set(self.running)
+            try:
+                self._run(batch, skip=0)
+            finally:
+                self.running = 0
+                self.metrics.running.set(0)
+
+    def _run(self, batch: list[Job], skip: int) -> None:
+        """Decode one batch; blocks with index < ``skip`` were already posted (a solo re-run)."""
+        rows = [r for job in batch for r in job.plan.rows]
+        seeds = [s for job in batch for s in job.plan.seeds]
+        spans, a = [], 0
+        for job in batch:
+            spans.append((a, a + len(job.plan.rows)))
+            a += len(job.plan.rows)
+        done = [False] * len(rows)
+        posted, nfe = skip, 0
+        self.metrics.batch_rows.observe(len(rows))
+        blocks = stream(self.model, rows, batch[0].plan.cfg, seeds=seeds)
+        try:
+            for chunk in blocks:
+                nfe = chunk.nfe
+                if chunk.index < skip:
+                    continue
+                toks = chunk.tokens.tolist()
+                for r, row in enumerate(toks):
+                    done[r] = done[r] or chunk.finished[r] or any(t in self.end_ids for t in row)
+                for job, (a, b) in zip(batch, spans, strict=True):
+                    if not job.cancelled:
+                        job.post(Chunk(chunk.index, toks[a:b], chunk.finished[a:b]))
+                posted = chunk.index + 1
+                if all(job.cancelled or all(done[a:b]) for job, (a, b) in zip(batch, spans, strict=True)):
+                    break
+        except Exception as exc:
+            if len(batch) > 1:
+                log.warning("batch of %d requests failed (%s); decoding them one by one", len(batch), exc)
+                for job in batch:
+                    self._run([job], skip=posted)
+                return
+            log.exception("decoding failed")
+            batch[0].post(Failed(exc))
+            return
+        finally:
+            blocks.close()
+            self.metrics.forward_passes.inc(nfe)
+        for job in batch:
+            job.post(Done(nfe))
