@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from .models.llada import LLaDAModel
 from .tasks import arith
 from .tasks import tokenizer as tok_lib
+from .tasks.arith_eval import encode_prompts
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
@@ -95,12 +96,6 @@ def get_tokenizer(out: Path):
     tokenizer = tok_lib.train_tokenizer(texts)
     tok_lib.save_tokenizer(tokenizer, out)
     return AutoTokenizer.from_pretrained(str(out))
-
-
-def encode_prompts(tokenizer, problems: list[arith.Problem]) -> list[list[int]]:
-    texts = [tokenizer.apply_chat_template(arith.messages(p), add_generation_prompt=True, tokenize=False)
-             for p in problems]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
 def encode_data(tokenizer, problems: list[arith.Problem]) -> tuple[list[list[int]], list[list[int]]]:
@@ -185,6 +180,17 @@ def init_weights(model: LLaDAModel, n_layers: int) -> None:
             torch.nn.init.normal_(p, std=std)
 
 
+def adapt_threads(current: int, most: int) -> int:
+    """Fewer threads when other processes load the machine: oversubscribed cores thrash torch."""
+    import os
+
+    others = os.getloadavg()[0] - current
+    want = max(1, min(most, int(os.cpu_count() or 1) - round(max(0.0, others))))
+    if want != current:
+        torch.set_num_threads(want)
+    return want
+
+
 def lr_at(step: int, elapsed: float, cfg: TrainConfig) -> float:
     """Warmup then cosine decay; with a time limit, the decay follows whichever budget runs out first."""
     if step < cfg.warmup:
@@ -240,6 +246,7 @@ def train(cfg: TrainConfig, export: str | None = None, log=print) -> dict:
                     "step": step, "elapsed": elapsed}, state_path)
 
     model.train()
+    threads = adapt_threads(cfg.threads, cfg.threads)
     acc = float("nan")
     t0 = time.time() - elapsed
     bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True)
@@ -258,7 +265,9 @@ def train(cfg: TrainConfig, export: str | None = None, log=print) -> dict:
         step += 1
         elapsed = time.time() - t0
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", len=ids.shape[1])
+        bar.set_postfix(loss=f"{loss.item():.3f}", len=ids.shape[1], thr=threads)
+        if step % 10 == 0:
+            threads = adapt_threads(threads, cfg.threads)
         if step % cfg.save_every == 0 or step == cfg.steps:
             save_state()
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):

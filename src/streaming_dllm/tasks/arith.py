@@ -21,7 +21,7 @@ from pathlib import Path
 VERSION = "v1"
 DATA_DIR = Path(__file__).parent / "data"
 SPLITS = ("train", "dev", "test")
-SPLIT_SIZES = {"train": 200_000, "dev": 200, "test": 1000}
+SPLIT_SIZES = {"train": 200_000, "dev": 200, "test": 500}
 _SPLIT_SEEDS = {"train": 0, "dev": 1_000_002, "test": 1_000_001}
 MAX_VALUE = 99
 
