@@ -49,16 +49,17 @@ def untrained_checkpoint(folder: Path) -> Path:
     return folder
 
 
-def load_served_model(tmp_factory) -> tuple[object, object, str]:
-    """The built-in model when its weights exist, else an untrained stand-in; and its name."""
+_LOADED: dict[str, tuple[object, object]] = {}
+
+
+def load_served_model(tmp_factory) -> tuple[object, object]:
+    """The built-in model when its weights exist, else an untrained stand-in (loaded once)."""
     torch.set_num_threads(1)
-    if builtin_ready():
-        model = sd.load_model("builtin")
-        name = "builtin"
-    else:
-        model = sd.load_model(str(untrained_checkpoint(tmp_factory.mktemp("ckpt"))))
-        name = "builtin"
-    return model, sd.load_tokenizer(model), name
+    if "model" not in _LOADED:
+        path = "builtin" if builtin_ready() else str(untrained_checkpoint(tmp_factory.mktemp("ckpt")))
+        model = sd.load_model(path)
+        _LOADED["model"] = (model, sd.load_tokenizer(model))
+    return _LOADED["model"]
 
 
 class LiveServer:

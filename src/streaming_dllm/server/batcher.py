@@ -184,6 +184,8 @@ class Batcher:
                         job.post(Chunk(chunk.index, toks[a:b], chunk.finished[a:b]))
                 posted = chunk.index + 1
                 if all(job.cancelled or all(done[a:b]) for job, (a, b) in zip(batch, spans, strict=True)):
+                    if chunk.index + 1 < batch[0].plan.cfg.num_blocks:
+                        self.metrics.released_rows.inc(done.count(False))
                     break
         except Exception as exc:
             if len(batch) > 1:

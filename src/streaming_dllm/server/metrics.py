@@ -30,6 +30,9 @@ class Metrics:
         self.running = Gauge("sdllm_running_requests", "Requests being decoded", registry=r)
         self.rejected = Counter("sdllm_queue_full_rejections", "Requests refused because the queue was full",
                                 registry=r)
+        self.released_rows = Counter("sdllm_rows_released_early",
+                                     "Rows whose decoding stopped early because their request no longer "
+                                     "needed them (client left, or stop string reached)", registry=r)
         self.disconnects = Counter("sdllm_client_disconnects", "Requests whose client left before the end",
                                    registry=r)
 
