@@ -10,7 +10,11 @@ from typing import Any
 
 from streaming_dllm import DecodeConfig
 
-FIXTURES = Path(os.environ.get("STREAMING_DLLM_FIXTURES", Path(__file__).resolve().parents[2] / "shared/fixtures/reference"))
+FIXTURES = Path(
+    os.environ.get(
+        "STREAMING_DLLM_FIXTURES", Path(__file__).resolve().parents[2] / "shared/fixtures/reference"
+    )
+)
 
 # Methods whose reference runs one useless forward after a block that its block-start forward
 # completed (fixtures README, quirk 6); our engine skips it.
@@ -29,8 +33,13 @@ def config_for(case: dict[str, Any]) -> DecodeConfig | None:
     method, arch = case["method"], case["arch"]
     tau = kw.get("threshold") or 0.9
     base: dict[str, Any] = dict(gen_length=g, block_length=b, temperature=0.0)
-    streaming = dict(cache="prefix", unmask="dynamic", threshold=tau, alpha=kw.get("confidence_alpha") or 0.0,
-                     early_exit=True)
+    streaming = dict(
+        cache="prefix",
+        unmask="dynamic",
+        threshold=tau,
+        alpha=kw.get("confidence_alpha") or 0.0,
+        early_exit=True,
+    )
     if method.startswith("streaming-w"):
         return DecodeConfig(**base, **streaming, window=kw["window_size"])
     if method == "streaming-fullwindow-a0.0":
@@ -38,13 +47,28 @@ def config_for(case: dict[str, Any]) -> DecodeConfig | None:
     if method.startswith("streaming-dual-w"):
         return DecodeConfig(**base, **{**streaming, "cache": "dual"}, window=kw["window_size"])
     if method.startswith("streaming-steps-w"):
-        return DecodeConfig(**base, cache="prefix", window=kw["window_size"], unmask="steps", steps=g, early_exit=True)
+        return DecodeConfig(
+            **base, cache="prefix", window=kw["window_size"], unmask="steps", steps=g, early_exit=True
+        )
     if method.startswith("streaming-factor-w"):
-        return DecodeConfig(**base, cache="prefix", window=kw["window_size"], unmask="factor",
-                            factor=kw["factor"], early_exit=True)
+        return DecodeConfig(
+            **base,
+            cache="prefix",
+            window=kw["window_size"],
+            unmask="factor",
+            factor=kw["factor"],
+            early_exit=True,
+        )
     if method.startswith("streaming-entropy-w"):
-        return DecodeConfig(**base, cache="prefix", window=kw["window_size"], unmask="steps", steps=g,
-                            remasking="entropy", early_exit=True)
+        return DecodeConfig(
+            **base,
+            cache="prefix",
+            window=kw["window_size"],
+            unmask="steps",
+            steps=g,
+            remasking="entropy",
+            early_exit=True,
+        )
     table: dict[str, dict[str, Any]] = {
         "vanilla": dict(unmask="steps", steps=g),
         "parallel-threshold": dict(unmask="threshold", threshold=tau),

@@ -91,7 +91,9 @@ class DecodeConfig:
             return isinstance(v, (int, float)) and not isinstance(v, bool)
 
         need(is_int(self.gen_length) and self.gen_length > 0, "gen_length", "must be a positive integer")
-        need(is_int(self.block_length) and self.block_length > 0, "block_length", "must be a positive integer")
+        need(
+            is_int(self.block_length) and self.block_length > 0, "block_length", "must be a positive integer"
+        )
         need(
             self.gen_length % self.block_length == 0,
             "gen_length",
@@ -100,7 +102,11 @@ class DecodeConfig:
         need(self.unmask in UNMASK_RULES, "unmask", f"must be one of {UNMASK_RULES}")
         need(self.cache in CACHE_MODES, "cache", f"must be one of {CACHE_MODES}")
         need(self.remasking in REMASKING, "remasking", f"must be one of {REMASKING}")
-        need(self.steps is None or (is_int(self.steps) and self.steps > 0), "steps", "must be a positive integer")
+        need(
+            self.steps is None or (is_int(self.steps) and self.steps > 0),
+            "steps",
+            "must be a positive integer",
+        )
         if self.unmask == "steps":
             need(
                 self.total_steps % self.num_blocks == 0,
@@ -110,7 +116,11 @@ class DecodeConfig:
         need(is_num(self.threshold) and 0.0 < self.threshold <= 1.0, "threshold", "must be in (0, 1]")
         need(is_num(self.alpha) and 0.0 <= self.alpha <= 1.0, "alpha", "must be in [0, 1]")
         need(is_num(self.factor) and self.factor > 0, "factor", "must be > 0")
-        need(self.window is None or (is_int(self.window) and self.window >= 0), "window", "must be None or >= 0")
+        need(
+            self.window is None or (is_int(self.window) and self.window >= 0),
+            "window",
+            "must be None or >= 0",
+        )
         need(is_int(self.tail_keep) and self.tail_keep >= 0, "tail_keep", "must be an integer >= 0")
         need(isinstance(self.early_exit, bool), "early_exit", "must be a bool")
         need(

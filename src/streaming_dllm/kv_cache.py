@@ -46,7 +46,7 @@ class KVCache:
 
     def crop(self, length: int) -> None:
         """Keep the first ``length`` positions (the prefix before the current block)."""
-        for i, (k, v) in enumerate(zip(self.keys, self.values)):
+        for i, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
             if k is not None:
                 self.keys[i] = k[:, :, :length]
                 self.values[i] = v[:, :, :length]

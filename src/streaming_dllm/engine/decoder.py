@@ -68,7 +68,7 @@ def _as_rows(input_ids, attention_mask) -> list[list[int]]:
         if attention_mask.shape != input_ids.shape:
             raise ValueError("attention_mask: must have the shape of input_ids")
         rows = []
-        for ids, m in zip(input_ids.tolist(), attention_mask.tolist()):
+        for ids, m in zip(input_ids.tolist(), attention_mask.tolist(), strict=True):
             n = sum(int(v) for v in m)
             if any(m[: len(m) - n]) or not all(m[len(m) - n :]):
                 raise ValueError("attention_mask: prompts must be left-padded (zeros first, then ones)")
@@ -93,7 +93,9 @@ class _Run:
         self.mask_id = cfg.mask_id if cfg.mask_id is not None else model.mask_id
         self.eos_id = cfg.eos_id if cfg.eos_id is not None else model.eos_id
         if self.mask_id is None:
-            raise ValueError("mask_id: the checkpoint's config has no mask_token_id; set DecodeConfig.mask_id")
+            raise ValueError(
+                "mask_id: the checkpoint's config has no mask_token_id; set DecodeConfig.mask_id"
+            )
         if cfg.early_exit and self.eos_id is None:
             raise ValueError("eos_id: early_exit needs an EOS id; the checkpoint's config has none")
         rows = _as_rows(input_ids, attention_mask)
