@@ -25,7 +25,7 @@ pytest.importorskip("lm_eval")
 from streaming_dllm.lm_eval_adapter import PAPER_PRESETS, TASKS_DIR, paper_preset  # noqa: E402
 from streaming_dllm.lm_eval_adapter.loglikelihood import mc_loglikelihood  # noqa: E402
 from streaming_dllm.lm_eval_adapter.model import StreamingDLLMEval, build_decode_config  # noqa: E402
-from streaming_dllm.tasks import arith  # noqa: E402
+from streaming_dllm.tasks import arith, arith_eval  # noqa: E402
 
 # The checkpoint under test: the shipped built-in model (override for development only).
 MODEL = os.environ.get("STREAMING_DLLM_LM_EVAL_MODEL", "builtin")
@@ -169,18 +169,12 @@ def test_loglikelihood_ranks_the_right_answer_first(lm):
     assert ranked_first == len(probs)
 
 
-def _our_decoding(n: int, cfg: sd.DecodeConfig) -> list[str]:
-    """What our own decoding answers on the first n test problems (the bench's recipe)."""
-    model = sd.load_model(MODEL)
-    tok = sd.load_tokenizer(model)
-    probs = arith.problems("test", n=n)
-    texts = [
-        tok.apply_chat_template(arith.messages(p), add_generation_prompt=True, tokenize=False) for p in probs
-    ]
-    out = sd.generate(model, tok(texts, add_special_tokens=False)["input_ids"], cfg)
+def _our_answers(model, tok, problems: list[arith.Problem], cfg: sd.DecodeConfig) -> list[str]:
+    """Each answer of our own decoding, up to the end of turn / EOS."""
+    out = sd.generate(model, arith_eval.encode_prompts(tok, problems), cfg)
     stops = {model.eos_id, model.config.get("eot_token_id")}
     answers = []
-    for r in range(len(probs)):
+    for r in range(len(problems)):
         ids = out.generated(r)
         end = next((j for j, t in enumerate(ids) if t in stops), len(ids))
         answers.append(tok.decode(ids[:end], skip_special_tokens=True))
@@ -222,12 +216,14 @@ def test_harness_cli_offline_accuracy_equals_our_decoding(tmp_path):
     ]
     harness = {s["doc_id"]: s["resps"][0][0] for s in samples}
 
+    # Our own bench on the same problems and settings.
     cfg = sd.DecodeConfig.preset("streaming", gen_length=gen_length, window=window)
-    ours = _our_decoding(n, cfg)
+    model = sd.load_model(MODEL)
+    tok = sd.load_tokenizer(model)
     probs = arith.problems("test", n=n)
-    our_acc = sum(arith.score(t, p.answer) for t, p in zip(ours, probs, strict=True)) / n
-    print(f"harness exact_match={harness_acc:.4f}  our decoding={our_acc:.4f}  (n={n})")
-    assert [harness[i] for i in range(n)] == ours
-    assert harness_acc == pytest.approx(our_acc)
+    bench = arith_eval.evaluate(model, tok, probs, cfg, batch_size=8)
+    print(f"harness exact_match={harness_acc:.4f}  bench accuracy={bench.accuracy:.4f}  (n={n})")
+    assert harness_acc == pytest.approx(bench.accuracy)
+    assert [harness[i] for i in range(n)] == _our_answers(model, tok, probs, cfg)  # answer by answer
     speed = results["config"]["streaming_dllm"]["speed"]
     assert speed["samples"] == n and speed["nfe"] > 0

@@ -22,6 +22,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
+import lm_eval.models  # noqa: F401  (registers the built-in models first; they stay resolvable)
 import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
