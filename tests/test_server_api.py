@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -195,3 +196,23 @@ def test_client_disconnect_frees_the_batch(model_tok):
         ok = openai.OpenAI(base_url=srv.url + "/v1", api_key="x").completions.create(
             model=MODEL, prompt=PROMPT, max_tokens=8)
         assert ok.choices[0].finish_reason in ("stop", "length")
+
+
+def test_health_answers_during_inference(model_tok):
+    """A 128-step decode runs on the worker thread while /health keeps answering at once."""
+    settings = ServerSettings(model_name=MODEL, method="vanilla", shared_overrides={"block_length": 128},
+                              limits=Limits(max_tokens=128))
+    with LiveServer(*model_tok, settings) as srv:
+        body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 128, "temperature": 0}
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(httpx.post, srv.url + "/v1/completions", json=body, timeout=120)
+            polls = []
+            while not pending.done():
+                t = time.perf_counter()
+                running = httpx.get(srv.url + "/health", timeout=5).json()["running"]
+                polls.append((running, time.perf_counter() - t))
+                time.sleep(0.02)
+            assert pending.result().status_code == 200
+        during = [took for running, took in polls if running]
+        assert len(during) >= 3, polls
+        assert max(during) < 0.5, during

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 from server_helpers import LiveServer, load_served_model
 
 from streaming_dllm.server import Limits, ServerSettings
+from streaming_dllm.server import batcher as batcher_module
 
 MODEL = "builtin"
 KEY = "sk-test-key"
@@ -194,3 +196,37 @@ def test_full_queue_answers_429_at_once(model_tok):
                 assert took < slowest_ok
         assert httpx.get(srv.url + "/health").json()["status"] == "ok"
         assert "sdllm_queue_full_rejections_total" in httpx.get(srv.url + "/metrics").text
+
+
+def test_engine_failure_fails_only_its_request(model_tok, monkeypatch):
+    """A request that makes the engine raise is answered 500; its batch-mates are re-run alone."""
+    poison = [5, 6, 7, 8, 9]
+    real = batcher_module.stream
+
+    def flaky(model, rows, cfg, seeds=None):
+        if poison in rows:
+            raise RuntimeError("engine failure for the poisoned prompt")
+        yield from real(model, rows, cfg, seeds=seeds)
+
+    monkeypatch.setattr(batcher_module, "stream", flaky)
+    settings = ServerSettings(model_name=MODEL, shared_overrides={"block_length": 8},
+                              limits=Limits(batch_wait_ms=300, max_tokens=16, default_max_tokens=16))
+    good = [[20, 21, 22, 23], [30, 31, 32], [40, 41, 42, 43, 44]]
+    with LiveServer(*model_tok, settings) as srv:
+        def body(p):
+            return {"model": MODEL, "prompt": p, "max_tokens": 16, "temperature": 0}
+
+        async def run():
+            async with httpx.AsyncClient(timeout=120) as c:
+                return await asyncio.gather(*(c.post(srv.url + COMP, json=body(p)) for p in [*good, poison]))
+
+        together = asyncio.run(run())
+        assert together[-1].status_code == 500
+        assert together[-1].json()["error"]["code"] == "decoding_failed"
+        assert [r.status_code for r in together[:-1]] == [200, 200, 200]
+        alone = [httpx.post(srv.url + COMP, json=body(p), timeout=120).json() for p in good]
+        assert [r.json()["choices"][0]["text"] for r in together[:-1]] == [a["choices"][0]["text"]
+                                                                          for a in alone]
+        metrics = httpx.get(srv.url + "/metrics").text
+        buckets = dict(re.findall(r'^sdllm_batch_rows_bucket\{le="([^"]+)"\} (\S+)$', metrics, re.M))
+        assert float(buckets["4.0"]) - float(buckets["2.0"]) == 1  # the four were decoded as one batch

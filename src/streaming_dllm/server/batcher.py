@@ -155,6 +155,10 @@ class Batcher:
             self.metrics.running.set(self.running)
             try:
                 self._run(batch, skip=0)
+            except Exception as exc:  # never let the worker die: fail this batch, serve the next
+                log.exception("batch worker error")
+                for job in batch:
+                    job.post(Failed(exc))
             finally:
                 self.running = 0
                 self.metrics.running.set(0)
@@ -174,11 +178,15 @@ class Batcher:
         try:
             for chunk in blocks:
                 nfe = chunk.nfe
-                if chunk.index < skip:
-                    continue
+                if self._stopping:
+                    for job in batch:
+                        job.post(Failed(APIError(503, "the server is shutting down", code="shutting_down")))
+                    return
                 toks = chunk.tokens.tolist()
                 for r, row in enumerate(toks):
                     done[r] = done[r] or chunk.finished[r] or any(t in self.end_ids for t in row)
+                if chunk.index < skip:
+                    continue
                 for job, (a, b) in zip(batch, spans, strict=True):
                     if not job.cancelled:
                         job.post(Chunk(chunk.index, toks[a:b], chunk.finished[a:b]))
@@ -191,7 +199,8 @@ class Batcher:
             if len(batch) > 1:
                 log.warning("batch of %d requests failed (%s); decoding them one by one", len(batch), exc)
                 for job in batch:
-                    self._run([job], skip=posted)
+                    if not job.cancelled:
+                        self._run([job], skip=posted)
                 return
             log.exception("decoding failed")
             batch[0].post(Failed(exc))
