@@ -280,7 +280,10 @@ def stream(
     seeds: list[int] | None = None,
 ) -> Iterator[BlockChunk]:
     """Decode and yield each block as soon as it is final."""
-    run = _Run(model, input_ids, config, attention_mask, seeds)
+    yield from _inference(_Run(model, input_ids, config, attention_mask, seeds))
+
+
+def _inference(run: _Run) -> Iterator[BlockChunk]:
     with torch.inference_mode():
         yield from run.blocks()
 
@@ -299,9 +302,8 @@ def generate(
     ``seeds`` gives each row its own random stream (temperature > 0 or random remasking).
     """
     run = _Run(model, input_ids, config, attention_mask, seeds)
-    with torch.inference_mode():
-        for _ in run.blocks():
-            pass
+    for _ in _inference(run):
+        pass
     return GenerateOutput(
         sequences=run.x,
         nfe=run.nfe,

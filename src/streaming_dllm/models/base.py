@@ -41,6 +41,8 @@ class DiffusionLM(nn.Module):
 
     family: ClassVar[str]
     traits: ClassVar[FamilyTraits]
+    model_types: ClassVar[tuple[str, ...]] = ()
+    architectures: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
@@ -63,7 +65,28 @@ class DiffusionLM(nn.Module):
 
     @property
     def num_layers(self) -> int:
+        return len(self.parts()[1])
+
+    def parts(self) -> tuple[nn.Module, nn.ModuleList, nn.Module, nn.Module]:
+        """(token embedding, layers, final norm, LM head): what the shared forward runs."""
         raise NotImplementedError
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: KVCache | None = None,
+        key_mask: torch.Tensor | None = None,
+        logits_rows: slice | None = None,
+    ) -> torch.Tensor:
+        embed, layers, norm, head = self.parts()
+        x = embed(input_ids)
+        cos, sin = self.rotary.cos_sin(position_ids)
+        for i, layer in enumerate(layers):
+            x = layer(x, cos, sin, i, cache, key_mask)
+        if logits_rows is not None:
+            x = x[:, logits_rows]
+        return head(norm(x))
 
     @property
     def device(self) -> torch.device:
@@ -79,4 +102,7 @@ class DiffusionLM(nn.Module):
     @classmethod
     def matches(cls, config: dict[str, Any]) -> bool:
         """Whether a checkpoint's config.json describes this family."""
-        raise NotImplementedError
+        model_type = str(config.get("model_type", "")).lower()
+        return model_type in cls.model_types or bool(
+            set(config.get("architectures") or []) & set(cls.architectures)
+        )

@@ -62,6 +62,8 @@ class DreamLayer(nn.Module):
 
 class DreamModel(DiffusionLM):
     family = "dream"
+    model_types = ("dream",)
+    architectures = ("DreamModel",)
     traits = FamilyTraits(
         logit_shift=True,
         confidence_dtype=torch.float32,
@@ -89,27 +91,6 @@ class DreamModel(DiffusionLM):
         if config.get("tie_word_embeddings"):
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    @property
-    def num_layers(self) -> int:
-        return len(self.model.layers)
-
-    @classmethod
-    def matches(cls, config: dict[str, Any]) -> bool:
-        arch = config.get("architectures") or []
-        return str(config.get("model_type", "")).lower() == "dream" or "DreamModel" in arch
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        position_ids: torch.Tensor,
-        cache: KVCache | None = None,
-        key_mask: torch.Tensor | None = None,
-        logits_rows: slice | None = None,
-    ) -> torch.Tensor:
-        x = self.model.embed_tokens(input_ids)
-        cos, sin = self.rotary.cos_sin(position_ids)
-        for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, i, cache, key_mask)
-        if logits_rows is not None:
-            x = x[:, logits_rows]
-        return self.lm_head(self.model.norm(x))
+    def parts(self) -> tuple[nn.Module, nn.ModuleList, nn.Module, nn.Module]:
+        m = self.model
+        return m.embed_tokens, m.layers, m.norm, self.lm_head

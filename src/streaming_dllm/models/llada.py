@@ -65,6 +65,8 @@ class LLaDATransformer(nn.Module):
 
 class LLaDAModel(DiffusionLM):
     family = "llada"
+    model_types = ("llada",)
+    architectures = ("LLaDAModelLM",)
     traits = FamilyTraits(logit_shift=False, confidence_dtype=torch.float64, schedule="even")
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -78,28 +80,6 @@ class LLaDAModel(DiffusionLM):
         self.model.transformer = LLaDATransformer(config)
         self.rotary = Rotary(config["d_model"] // config["n_heads"], config.get("rope_theta", 10000.0))
 
-    @property
-    def num_layers(self) -> int:
-        return len(self.model.transformer.blocks)
-
-    @classmethod
-    def matches(cls, config: dict[str, Any]) -> bool:
-        arch = config.get("architectures") or []
-        return str(config.get("model_type", "")).lower() == "llada" or "LLaDAModelLM" in arch
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        position_ids: torch.Tensor,
-        cache: KVCache | None = None,
-        key_mask: torch.Tensor | None = None,
-        logits_rows: slice | None = None,
-    ) -> torch.Tensor:
+    def parts(self) -> tuple[nn.Module, nn.ModuleList, nn.Module, nn.Module]:
         t = self.model.transformer
-        x = t.wte(input_ids)
-        cos, sin = self.rotary.cos_sin(position_ids)
-        for i, block in enumerate(t.blocks):
-            x = block(x, cos, sin, i, cache, key_mask)
-        if logits_rows is not None:
-            x = x[:, logits_rows]
-        return t.ff_out(t.ln_f(x))
+        return t.wte, t.blocks, t.ln_f, t.ff_out
