@@ -199,11 +199,11 @@ def test_client_disconnect_frees_the_batch(model_tok):
 
 
 def test_health_answers_during_inference(model_tok):
-    """A 128-step decode runs on the worker thread while /health keeps answering at once."""
-    settings = ServerSettings(model_name=MODEL, method="vanilla", shared_overrides={"block_length": 128},
-                              limits=Limits(max_tokens=128))
+    """A 64-step decode runs on the worker thread while /health keeps answering at once."""
+    settings = ServerSettings(model_name=MODEL, method="vanilla", shared_overrides={"block_length": 64},
+                              limits=Limits(max_tokens=64, default_max_tokens=64))
     with LiveServer(*model_tok, settings) as srv:
-        body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 128, "temperature": 0}
+        body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 64, "temperature": 0}
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(httpx.post, srv.url + "/v1/completions", json=body, timeout=120)
             polls = []

@@ -119,4 +119,7 @@ def run_serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m streaming_dllm.server")
     _add_arguments(parser)
-    return run_serve(parser.parse_args(argv))
+    try:
+        return run_serve(parser.parse_args(argv))
+    except ValueError as exc:  # e.g. a checkpoint that cannot be loaded
+        parser.exit(2, f"error: {exc}\n")
