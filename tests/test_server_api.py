@@ -173,14 +173,20 @@ def test_sse_wire_format(server):
     assert payloads[-1]["choices"][0]["finish_reason"] in ("stop", "length")
 
 
-def test_client_disconnect_frees_the_batch(model_tok):
-    """A streaming client that leaves after the first block: the worker stops decoding its rows."""
+@pytest.mark.parametrize("stream", [True, False])
+def test_client_disconnect_frees_the_batch(model_tok, stream):
+    """A client that leaves early (after the first block, or by timing out): the worker stops
+    decoding its rows instead of finishing the 512-token answer."""
     settings = ServerSettings(model_name=MODEL, method="vanilla", shared_overrides={"block_length": 8},
                               limits=Limits(max_tokens=512))
     with LiveServer(*model_tok, settings) as srv:
-        body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 512, "stream": True, "temperature": 0}
-        with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=60) as r:
-            next(r.iter_lines())
+        body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 512, "stream": stream, "temperature": 0}
+        if stream:
+            with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=60) as r:
+                next(r.iter_lines())
+        else:
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(srv.url + "/v1/completions", json=body, timeout=0.5)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             health = httpx.get(srv.url + "/health").json()
