@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -53,10 +54,13 @@ _LOADED: dict[str, tuple[object, object]] = {}
 
 
 def load_served_model(tmp_factory) -> tuple[object, object]:
-    """The built-in model when its weights exist, else an untrained stand-in (loaded once)."""
+    """The checkpoint in $STREAMING_DLLM_SERVER_TEST_MODEL, else the built-in model when its
+    weights exist, else an untrained stand-in (loaded once per session)."""
     torch.set_num_threads(1)
     if "model" not in _LOADED:
-        path = "builtin" if builtin_ready() else str(untrained_checkpoint(tmp_factory.mktemp("ckpt")))
+        path = os.environ.get("STREAMING_DLLM_SERVER_TEST_MODEL")
+        if not path:
+            path = "builtin" if builtin_ready() else str(untrained_checkpoint(tmp_factory.mktemp("ckpt")))
         model = sd.load_model(path)
         _LOADED["model"] = (model, sd.load_tokenizer(model))
     return _LOADED["model"]
