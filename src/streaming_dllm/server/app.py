@@ -155,7 +155,8 @@ class _Service:
                 err = event.error
                 if isinstance(err, APIError):
                     raise err
-                raise APIError(500, f"decoding failed: {type(err).__name__}: {err}", code="decoding_failed")
+                raise APIError(500, f"decoding failed ({type(err).__name__}); the server log has the details",
+                               code="decoding_failed")
             if isinstance(event, Done):
                 yield [t.feed([], last=True) for t in texts]
                 break
