@@ -1,0 +1,9 @@
+"""Benchmarks: every decoding method side by side on the same prompts (``streaming-dllm bench``).
+
+``runner`` times interleaved methods, ``metrics`` turns samples into figures, ``suites`` holds the
+paper-shaped experiments, ``report`` writes Markdown and JSON, ``plots`` the PNG figures.
+"""
+
+from .runner import Group, Method, MethodResult, Sample
+
+__all__ = ["Group", "Method", "MethodResult", "Sample"]

@@ -1,0 +1,129 @@
+"""``streaming-dllm bench``: run suites, print Markdown, write JSON (+ Markdown) and PNG plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import suites
+
+
+def add_bench_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``bench`` on the main CLI."""
+    from ..cli import add_model_args
+
+    p = subparsers.add_parser(
+        "bench",
+        help="benchmark decoding methods side by side (accuracy, tokens/s, latency, nfe, memory)",
+        description="Decode the same arithmetic prompts with every method, interleaved after a "
+        "warm-up; print Markdown tables, write bench.json (raw figures, configs, machine, "
+        "versions) and PNG plots.",
+    )
+    p.add_argument("--suite", nargs="+", default=["all"], choices=[*suites.SUITES, "all"],
+                   help="experiments to run (default: all): " + ", ".join(suites.SUITES))
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="instead of suites: these presets side by side at each --gen-lengths")
+    p.add_argument("--gen-lengths", nargs="+", type=int, default=None,
+                   help="lengths for --methods (default: the main table's)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (about a minute): CI smoke test")
+    p.add_argument("--n", type=int, default=None, help="prompts per method (default 24; quick 2)")
+    p.add_argument("--n-slow", type=int, default=None,
+                   help="prompts for vanilla and prefix-cache, one forward per token (default 6; quick 1)")
+    p.add_argument("--block-length", type=int, default=None, help="block length (default 32)")
+    p.add_argument("--batch-size", type=int, default=1, help="prompts per generate call (default 1)")
+    p.add_argument("--split", default="test", choices=["dev", "test"], help="arithmetic split")
+    p.add_argument("--budget", type=float, default=0.0,
+                   help="seconds per method per table after which it stops (0 = no limit); "
+                   "the smaller sample is reported")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--out", default="bench_out", help="folder for bench.json, bench.md and plots")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up decode")
+    add_model_args(p)
+    p.set_defaults(func=run_bench)
+    return p
+
+
+def _groups(args: argparse.Namespace, sizes: suites.Sizes):
+    if args.methods:
+        return suites.custom(args.methods, args.gen_lengths or list(sizes.main_lengths), sizes)
+    names = list(suites.SUITES) if "all" in args.suite else list(dict.fromkeys(args.suite))
+    return suites.build(names, sizes)
+
+
+def _clean(obj: Any) -> Any:
+    """NaN becomes null so the JSON is strict."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..cli import load_from_args
+    from ..tasks import arith
+    from . import plots, report
+    from .runner import BenchContext, planned_calls, run_group
+
+    for flag in ("n", "n_slow", "block_length"):
+        v = getattr(args, flag)
+        if v is not None and v < 1:
+            raise ValueError(f"--{flag.replace('_', '-')}: must be >= 1, got {v}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sizes = suites.sizes_for(args.quick, n=args.n, n_slow=args.n_slow, block_length=args.block_length)
+    groups = _groups(args, sizes)
+    model, tok = load_from_args(args)
+    ctx = BenchContext(model, tok, arith.problems(args.split, sizes.n), batch_size=args.batch_size,
+                       warmup=not args.no_warmup, budget_s=args.budget, progress=not args.no_progress)
+    start = time.perf_counter()
+    bar = None
+    if ctx.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=planned_calls(ctx, groups), unit="call", file=sys.stderr, dynamic_ncols=True)
+    results = []
+    with torch.inference_mode():
+        for g in groups:
+            def tick(label: str, g=g) -> None:
+                if bar is not None:
+                    bar.set_description(f"{g.suite} {g.name} {label}")
+                    bar.update(1)
+
+            results.append(run_group(ctx, g, tick))
+    if bar is not None:
+        bar.close()
+    settings = {"quick": args.quick, "n": sizes.n, "n_slow": sizes.n_slow, "n_long": sizes.n_long,
+                "block_length": sizes.block_length, "batch_size": args.batch_size, "split": args.split,
+                "budget_s": args.budget, "warmup": not args.no_warmup,
+                "suites": sorted({g.suite for g in groups})}
+    model_info = {"name": args.model, "family": model.family, "config": model.config,
+                  "parameters": sum(p.numel() for p in model.parameters()),
+                  "dtype": str(model.dtype).replace("torch.", ""), "device": str(model.device)}
+    record = report.build_record(
+        command=report.command_line(), settings=settings, model_info=model_info, device=model.device,
+        memory_method=ctx.memory.method, groups=report.group_records(groups, results),
+        seconds=time.perf_counter() - start)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.no_plots:
+        record["plots"] = plots.make_plots(record, out)
+    text = report.markdown(record)
+    (out / "bench.json").write_text(json.dumps(_clean(record), indent=1) + "\n")
+    (out / "bench.md").write_text(text + "\n")
+    print(text)
+    print(f"wrote {out / 'bench.json'}, {out / 'bench.md'}"
+          + (f" and {len(record['plots'])} plots" if record["plots"] else "")
+          + f" in {record['seconds']:.0f} s", file=sys.stderr)
+    return 0

@@ -1,0 +1,80 @@
+"""Figures from samples: accuracy, throughput, latency, cost, and paired speedups.
+
+Throughput is the paper's: generated non-EOS tokens per second, summed over samples (each
+sample's share of its batch's wall time). Speedups are paired: a method and its reference are
+compared on the prompts both decoded, so a reference with a smaller sample stays fair.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+from ..config import DecodeConfig
+from .runner import MethodResult, Sample
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in [0, 100]); nan for no values."""
+    if not values:
+        return math.nan
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def throughput(samples: list[Sample]) -> float:
+    """Generated non-EOS tokens per second of wall time."""
+    seconds = sum(s.share for s in samples)
+    return sum(s.tokens for s in samples) / seconds if seconds > 0 else math.nan
+
+
+def summarize(samples: list[Sample]) -> dict[str, Any]:
+    """Per-method figures; means are per sample."""
+    n = len(samples)
+    lat = [s.seconds for s in samples]
+
+    def mean(attr: str) -> float:
+        return statistics.fmean(getattr(s, attr) for s in samples) if samples else math.nan
+
+    return {
+        "n": n,
+        "accuracy": sum(s.correct for s in samples) / n if n else math.nan,
+        "throughput_tok_s": throughput(samples),
+        "latency_median_s": statistics.median(lat) if lat else math.nan,
+        "latency_p90_s": percentile(lat, 90),
+        "nfe_mean": mean("nfe"),
+        "tokens_fed_mean": mean("tokens_fed"),
+        "tokens_mean": mean("tokens"),
+        "used_mean": mean("used"),
+        "seconds_total": sum(s.share for s in samples),
+    }
+
+
+def paired_speedup(result: MethodResult, reference: MethodResult | None) -> float | None:
+    """Throughput ratio on the prompts both decoded (None without a reference or overlap)."""
+    if reference is None:
+        return None
+    shared = {s.prompt for s in result.samples} & {s.prompt for s in reference.samples}
+    if not shared:
+        return None
+    mine = throughput([s for s in result.samples if s.prompt in shared])
+    theirs = throughput([s for s in reference.samples if s.prompt in shared])
+    return mine / theirs if theirs > 0 and not math.isnan(theirs) else None
+
+
+def reference_key(preset: str, like: DecodeConfig) -> str:
+    """The key of ``preset`` at the generation and block length of ``like``."""
+    from .runner import Method
+
+    cfg = DecodeConfig.preset(preset, gen_length=like.gen_length, block_length=like.block_length)
+    return Method(preset, cfg).key
+
+
+def find_reference(results: list[MethodResult], preset: str, like: DecodeConfig) -> MethodResult | None:
+    """The result (from any group) decoded with ``preset`` at ``like``'s lengths, most samples first."""
+    key = reference_key(preset, like)
+    hits = [r for r in results if r.method.key == key]
+    return max(hits, key=lambda r: len(r.samples), default=None)

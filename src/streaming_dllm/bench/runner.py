@@ -1,0 +1,216 @@
+"""Interleaved timing: every method of a group on the same prompts, round-robin, after a warm-up.
+
+Noise on a shared machine comes in bursts, so methods take turns batch by batch (the order
+rotates each batch) rather than running one after the other. Each call is timed on its own with
+``perf_counter`` (CUDA synchronised), so per-sample figures stay paired across methods.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..config import DecodeConfig
+from ..engine import generate
+from ..tasks import arith
+from ..tasks.arith_eval import encode_prompts, used_positions
+from ..text import stop_ids
+from .memory import PeakMemory
+
+
+@dataclass
+class Method:
+    """One row of a table: a label, its decoding config, and an optional smaller sample size."""
+
+    label: str
+    config: DecodeConfig
+    n: int | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Identity of the decoding run (label and preset name excluded)."""
+        cfg = self.config.to_dict()
+        cfg.pop("preset_name", None)
+        return json.dumps(cfg, sort_keys=True)
+
+
+@dataclass
+class Group:
+    """Methods compared side by side at one generation length (one table)."""
+
+    suite: str
+    name: str
+    gen_length: int
+    methods: list[Method]
+
+
+@dataclass
+class Sample:
+    """One prompt decoded by one method. ``seconds`` is the wall time of its batch."""
+
+    prompt: int
+    batch: int
+    seconds: float
+    share: float
+    tokens: int
+    used: int
+    nfe: int
+    tokens_fed: int
+    correct: bool
+
+
+@dataclass
+class MethodResult:
+    """Every sample of one method in one group, plus how the sample came to be its size."""
+
+    method: Method
+    n_planned: int
+    samples: list[Sample] = field(default_factory=list)
+    peak_bytes: int | None = None
+    seconds: float = 0.0
+    stopped: str | None = None
+    reused_from: str | None = None
+
+
+@dataclass
+class BenchContext:
+    """The model, tokenizer and prompts shared by every group of a run."""
+
+    model: Any
+    tokenizer: Any
+    problems: list[arith.Problem]
+    batch_size: int = 1
+    warmup: bool = True
+    budget_s: float = 0.0
+    progress: bool = True
+    prompt_ids: list[list[int]] = field(default_factory=list)
+    stops: set[int] = field(default_factory=set)
+    done: dict[tuple[str, int], tuple[str, MethodResult]] = field(default_factory=dict)
+    memory: PeakMemory | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
+        self.prompt_ids = encode_prompts(self.tokenizer, self.problems)
+        self.stops = stop_ids(self.model, self.tokenizer)
+        self.memory = PeakMemory(self.model.device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _batches(n: int, size: int) -> list[list[int]]:
+    return [list(range(i, min(n, i + size))) for i in range(0, n, size)]
+
+
+def _warm_up(ctx: BenchContext, method: Method) -> None:
+    """A short decode (two blocks at most) so lazy init and allocator growth are not timed."""
+    cfg = method.config
+    short = cfg.replace(gen_length=min(cfg.gen_length, 2 * cfg.block_length), steps=None)
+    generate(ctx.model, ctx.prompt_ids[:1], short)
+
+
+def _run_batch(
+    ctx: BenchContext, method: Method, prompts: list[int], batch: int
+) -> tuple[list[Sample], int | None]:
+    """Decode one batch; the samples and the call's peak memory (bytes, None if unknown)."""
+    device = ctx.model.device
+    tracker = ctx.memory
+    _sync(device)
+    with tracker:
+        start = time.perf_counter()
+        out = generate(ctx.model, [ctx.prompt_ids[i] for i in prompts], method.config)
+        _sync(device)
+        seconds = time.perf_counter() - start
+    eos = ctx.model.eos_id
+    samples = []
+    for row, i in enumerate(prompts):
+        gen = out.generated(row)
+        text = ctx.tokenizer.decode(gen, skip_special_tokens=True)
+        samples.append(
+            Sample(
+                prompt=i,
+                batch=batch,
+                seconds=seconds,
+                share=seconds / len(prompts),
+                tokens=sum(t != eos for t in gen),
+                used=used_positions(gen, ctx.stops),
+                nfe=int(out.row_nfe[row]),
+                tokens_fed=int(out.tokens_fed[row]),
+                correct=bool(arith.score(text, ctx.problems[i].answer)),
+            )
+        )
+    return samples, tracker.peak_bytes
+
+
+def _reuse(ctx: BenchContext, method: Method, n: int) -> tuple[str, MethodResult] | None:
+    hit = ctx.done.get((method.key, ctx.batch_size))
+    if hit is None or hit[1].n_planned < n or hit[1].stopped == "time budget" and len(hit[1].samples) < n:
+        return None
+    where, old = hit
+    samples = [s for s in old.samples if s.prompt < n]
+    return where, MethodResult(method, n, samples, old.peak_bytes, sum(s.share for s in samples),
+                               old.stopped if len(samples) < n else None, where)
+
+
+def run_group(
+    ctx: BenchContext, group: Group, tick: Callable[[str], None] | None = None
+) -> list[MethodResult]:
+    """Decode the group's prompts with every method, interleaved; reuse identical earlier runs."""
+    results: list[MethodResult] = []
+    todo: list[MethodResult] = []
+    for m in group.methods:
+        n = min(len(ctx.problems), m.n or len(ctx.problems))
+        reused = _reuse(ctx, m, n)
+        if reused is not None:
+            res = reused[1]
+            res.method = m
+            if tick:
+                for _ in _batches(n, ctx.batch_size):
+                    tick(f"{m.label} (reused)")
+        else:
+            res = MethodResult(m, n)
+            todo.append(res)
+        results.append(res)
+    if ctx.warmup:
+        for res in todo:
+            _warm_up(ctx, res.method)
+    batches = _batches(len(ctx.problems), ctx.batch_size)
+    for b, prompts in enumerate(batches):
+        k = b % max(1, len(todo))
+        for res in todo[k:] + todo[:k]:  # rotate the order so no method always goes first
+            if res.stopped is not None or prompts[0] >= res.n_planned:
+                continue
+            rows = [i for i in prompts if i < res.n_planned]
+            samples, peak = _run_batch(ctx, res.method, rows, b)
+            if peak is not None:
+                res.peak_bytes = max(res.peak_bytes or 0, peak)
+            res.samples += samples
+            res.seconds += samples[0].seconds
+            if tick:
+                tick(res.method.label)
+            done = len(res.samples) >= res.n_planned
+            if not done and ctx.budget_s and res.seconds >= ctx.budget_s:
+                res.stopped = "time budget"
+    where = f"{group.suite}/{group.name}"
+    for res in todo:
+        ctx.done.setdefault((res.method.key, ctx.batch_size), (where, res))
+    return results
+
+
+def planned_calls(ctx: BenchContext, groups: list[Group]) -> int:
+    """Number of batch calls a run plans (for the progress bar's total)."""
+    total = 0
+    for g in groups:
+        for m in g.methods:
+            n = min(len(ctx.problems), m.n or len(ctx.problems))
+            total += len(_batches(n, ctx.batch_size))
+    return total
