@@ -54,7 +54,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default=",".join(PRESETS),
                    help="comma-separated methods a request may pick (default: all)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--api-key", default=os.environ.get("STREAMING_DLLM_API_KEY"),
                    help="require 'Authorization: Bearer KEY' (default: $STREAMING_DLLM_API_KEY, else none)")
     defaults = Limits()
