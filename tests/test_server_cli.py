@@ -33,6 +33,7 @@ def test_flags_become_settings():
     assert s.base_config().window == 16 and s.base_config().block_length == 8
     other = s.base_config("fast-dllm")
     assert other.window is None and other.block_length == 8  # --window belongs to the default method
+    assert settings_from_args(parse("--block-length", "48")).base_config().block_length == 48
 
 
 @pytest.mark.parametrize("argv, field", [

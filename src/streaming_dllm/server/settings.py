@@ -48,10 +48,16 @@ class ServerSettings:
     limits: Limits = field(default_factory=Limits)
 
     def base_config(self, method: str | None = None) -> DecodeConfig:
-        """The server's config for ``method`` (its default method when None)."""
+        """The server's config for ``method`` (its default method when None).
+
+        ``gen_length`` is one block here; each request sets its own from ``max_tokens``.
+        """
         method = method or self.method
-        extra = self.method_overrides if method == self.method else {}
-        return DecodeConfig.preset(method, **{**self.shared_overrides, **extra})
+        knobs = {**self.shared_overrides, **(self.method_overrides if method == self.method else {})}
+        block = knobs.get("block_length", DecodeConfig.block_length)
+        if isinstance(block, int) and block > 0:
+            knobs.setdefault("gen_length", block)
+        return DecodeConfig.preset(method, **knobs)
 
     def validate(self) -> None:
         """Fail at start-up, not on the first request, when the defaults break a rule."""
@@ -71,4 +77,5 @@ class ServerSettings:
             raise ValueError("max_queue and batch_wait_ms must be >= 0")
         if not 1 <= lim.default_max_tokens <= lim.max_tokens:
             raise ValueError(f"default_max_tokens: must be in [1, max_tokens={lim.max_tokens}]")
-        self.base_config().replace(gen_length=self.base_config().block_length)
+        for method in lim.methods:
+            self.base_config(method)
