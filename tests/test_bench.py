@@ -18,8 +18,8 @@ from streaming_dllm.config import DecodeConfig
 
 SUMMARY_KEYS = {"n", "accuracy", "throughput_tok_s", "latency_median_s", "latency_p90_s", "nfe_mean",
                 "tokens_fed_mean", "tokens_mean", "used_mean", "seconds_total"}
-METHOD_KEYS = {"label", "preset", "params", "config", "n_planned", "stopped", "reused_from", "summary",
-               "speedup_vs_vanilla", "speedup_vs_fast_dllm", "peak_mem_mib", "samples"}
+METHOD_KEYS = {"label", "preset", "params", "config", "n_planned", "note", "stopped", "reused_from",
+               "summary", "speedup_vs_vanilla", "speedup_vs_fast_dllm", "peak_mem_mib", "samples"}
 SAMPLE_KEYS = {"prompt", "batch", "seconds", "share", "tokens", "used", "nfe", "tokens_fed", "correct"}
 
 
@@ -131,8 +131,13 @@ def test_full_sizes_and_smaller_samples():
     groups = suites.build(list(suites.SUITES), suites.FULL)
     length = {g.gen_length: g for g in groups if g.suite == "length"}
     assert sorted(length) == [256, 512, 1024, 2048]
-    vanilla_n = [next(m.n for m in length[L].methods if m.label == "vanilla") for L in sorted(length)]
-    assert vanilla_n == sorted(vanilla_n, reverse=True) and vanilla_n[-1] < suites.FULL.n_slow
+    for label in suites.SCALING_METHODS:
+        ns = [next(m.n for m in length[L].methods if m.label == label) for L in sorted(length)]
+        assert ns == sorted(ns, reverse=True)
+        notes = [next(m.note for m in length[L].methods if m.label == label) for L in sorted(length)]
+        assert all(note for n, note in zip(ns, notes, strict=True) if n < suites.FULL.n)
+    vanilla = next(m for m in length[2048].methods if m.label == "vanilla")
+    assert vanilla.n < suites.FULL.n_slow and "per token" in vanilla.note
     with pytest.raises(ValueError, match="unknown suite"):
         suites.build(["nope"], suites.FULL)
 

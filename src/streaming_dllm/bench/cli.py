@@ -31,9 +31,10 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--gen-lengths", nargs="+", type=int, default=None,
                    help="lengths for --methods (default: the main table's)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (about a minute): CI smoke test")
-    p.add_argument("--n", type=int, default=None, help="prompts per method (default 24; quick 2)")
+    p.add_argument("--n", type=int, default=None, help="prompts per method (default 16; quick 2)")
     p.add_argument("--n-slow", type=int, default=None,
-                   help="prompts for vanilla and prefix-cache, one forward per token (default 6; quick 1)")
+                   help="prompts for vanilla and prefix-cache, one forward per token (default 4; quick 1)")
+    p.add_argument("--n-sweep", type=int, default=None, help="prompts per W / alpha value (default 8)")
     p.add_argument("--block-length", type=int, default=None, help="block length (default 32)")
     p.add_argument("--batch-size", type=int, default=1, help="prompts per generate call (default 1)")
     p.add_argument("--split", default="test", choices=["dev", "test"], help="arithmetic split")
@@ -76,13 +77,14 @@ def run_bench(args: argparse.Namespace) -> int:
     from . import plots, report
     from .runner import BenchContext, planned_calls, run_group
 
-    for flag in ("n", "n_slow", "block_length"):
+    for flag in ("n", "n_slow", "n_sweep", "block_length"):
         v = getattr(args, flag)
         if v is not None and v < 1:
             raise ValueError(f"--{flag.replace('_', '-')}: must be >= 1, got {v}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    sizes = suites.sizes_for(args.quick, n=args.n, n_slow=args.n_slow, block_length=args.block_length)
+    sizes = suites.sizes_for(args.quick, n=args.n, n_slow=args.n_slow, n_sweep=args.n_sweep,
+                             block_length=args.block_length)
     groups = _groups(args, sizes)
     model, tok = load_from_args(args)
     ctx = BenchContext(model, tok, arith.problems(args.split, sizes.n), batch_size=args.batch_size,
@@ -104,7 +106,8 @@ def run_bench(args: argparse.Namespace) -> int:
             results.append(run_group(ctx, g, tick))
     if bar is not None:
         bar.close()
-    settings = {"quick": args.quick, "n": sizes.n, "n_slow": sizes.n_slow, "n_long": sizes.n_long,
+    settings = {"quick": args.quick, "n": sizes.n, "n_slow": sizes.n_slow, "n_sweep": sizes.n_sweep,
+                "n_cap": sizes.n_cap, "n_slow_cap": sizes.n_slow_cap,
                 "block_length": sizes.block_length, "batch_size": args.batch_size, "split": args.split,
                 "budget_s": args.budget, "warmup": not args.no_warmup,
                 "suites": sorted({g.suite for g in groups})}

@@ -80,6 +80,7 @@ def method_record(res: MethodResult, everything: list[MethodResult]) -> dict[str
         "params": res.method.params,
         "config": cfg.to_dict(),
         "n_planned": res.n_planned,
+        "note": res.method.note,
         "stopped": res.stopped,
         "reused_from": res.reused_from,
         "summary": summarize(res.samples),
@@ -111,7 +112,7 @@ def sample_note(m: dict[str, Any], full_n: int) -> str:
     if m["stopped"] == "time budget":
         return f"n={n}: stopped by the time budget"
     if n < full_n:
-        return f"n={n}: smaller sample (one forward per token)"
+        return f"n={n}: smaller sample ({m['note'] or 'fewer prompts'})"
     return ""
 
 

@@ -25,12 +25,13 @@ from .memory import PeakMemory
 
 @dataclass
 class Method:
-    """One row of a table: a label, its decoding config, and an optional smaller sample size."""
+    """One row of a table: a label, its decoding config, an optional smaller sample size and why."""
 
     label: str
     config: DecodeConfig
     n: int | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
 
     @property
     def key(self) -> str:

@@ -1,9 +1,10 @@
 """The paper's experiments, shaped for the built-in model: main table, ablation, length scaling,
 window and alpha sweeps. Each suite is a list of groups (one table each).
 
-Sample sizes: every method decodes ``n`` prompts, except the methods that pay one forward pass
-per token (``vanilla``, ``prefix-cache``), which use ``n_slow`` and fewer still at long lengths
-(``n_long``). Reports say so next to the figures.
+Sample sizes: every method decodes ``n`` prompts (``n_sweep`` in the sweeps), except the methods
+that pay one forward pass per token (``vanilla``, ``prefix-cache``), which use ``n_slow``; at long
+lengths every method is capped by ``n_cap`` and the slow ones by ``n_slow_cap``. A smaller sample
+carries a note that the tables print next to the figures.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ SCALING_METHODS = ("vanilla", "fast-dllm", "streaming")
 class Sizes:
     """Prompt counts and lengths of a run."""
 
-    n: int = 24
-    n_slow: int = 6
-    n_long: dict[int, int] = field(default_factory=lambda: {1024: 2, 2048: 1})
+    n: int = 16
+    n_slow: int = 4
+    n_sweep: int = 8
+    n_cap: dict[int, int] = field(default_factory=lambda: {1024: 8, 2048: 4})
+    n_slow_cap: dict[int, int] = field(default_factory=lambda: {1024: 1, 2048: 1})
     block_length: int = 32
     main_lengths: tuple[int, ...] = (256, 512)
     ablation_length: int = 512
@@ -39,7 +42,9 @@ FULL = Sizes()
 QUICK = Sizes(
     n=2,
     n_slow=1,
-    n_long={},
+    n_sweep=2,
+    n_cap={256: 1},
+    n_slow_cap={},
     main_lengths=(64, 128),
     ablation_length=128,
     scaling_lengths=(64, 128, 256),
@@ -53,14 +58,24 @@ def _preset(name: str, sizes: Sizes, gen_length: int, **overrides) -> DecodeConf
     return DecodeConfig.preset(name, gen_length=gen_length, block_length=sizes.block_length, **overrides)
 
 
-def _n_for(name: str, sizes: Sizes, gen_length: int) -> int | None:
-    if name == "vanilla" and gen_length in sizes.n_long:
-        return min(sizes.n_long[gen_length], sizes.n_slow)
-    return sizes.n_slow if name in SLOW else None
+def _sample(name: str, sizes: Sizes, gen_length: int) -> tuple[int, str]:
+    """Prompts for a preset at a length, and why when fewer than ``sizes.n``."""
+    n, why = sizes.n, ""
+    if name in SLOW:
+        n, why = min(n, sizes.n_slow), "one forward pass per token"
+    if gen_length in sizes.n_cap and sizes.n_cap[gen_length] < n:
+        n, why = sizes.n_cap[gen_length], f"time, at gen_length {gen_length}"
+    if name in SLOW and gen_length in sizes.n_slow_cap and sizes.n_slow_cap[gen_length] < n:
+        n, why = sizes.n_slow_cap[gen_length], f"one forward pass per token, at gen_length {gen_length}"
+    return n, why
 
 
 def _presets(names: tuple[str, ...], sizes: Sizes, gen_length: int) -> list[Method]:
-    return [Method(n, _preset(n, sizes, gen_length), _n_for(n, sizes, gen_length)) for n in names]
+    out = []
+    for name in names:
+        n, why = _sample(name, sizes, gen_length)
+        out.append(Method(name, _preset(name, sizes, gen_length), n, note=why))
+    return out
 
 
 def main_table(sizes: Sizes, methods: tuple[str, ...] = MAIN_METHODS) -> list[Group]:
@@ -87,11 +102,17 @@ def length_scaling(sizes: Sizes) -> list[Group]:
     return [Group("length", f"gen_length={L}", L, _presets(SCALING_METHODS, sizes, L)) for L in lengths]
 
 
+def _sweep_n(sizes: Sizes) -> tuple[int, str]:
+    n = min(sizes.n, sizes.n_sweep)
+    return n, ("sweep sample" if n < sizes.n else "")
+
+
 def window_sweep(sizes: Sizes) -> list[Group]:
     L = sizes.sweep_length
+    n, why = _sweep_n(sizes)
     methods = [
-        Method(f"W={'full' if w is None else w}", _preset("streaming", sizes, L, window=w),
-               params={"window": w})
+        Method(f"W={'full' if w is None else w}", _preset("streaming", sizes, L, window=w), n,
+               params={"window": w}, note=why)
         for w in sizes.windows
     ]
     return [Group("window", f"gen_length={L}", L, methods)]
@@ -99,8 +120,9 @@ def window_sweep(sizes: Sizes) -> list[Group]:
 
 def alpha_sweep(sizes: Sizes) -> list[Group]:
     L = sizes.sweep_length
+    n, why = _sweep_n(sizes)
     methods = [
-        Method(f"alpha={a:g}", _preset("streaming", sizes, L, alpha=a), params={"alpha": a})
+        Method(f"alpha={a:g}", _preset("streaming", sizes, L, alpha=a), n, params={"alpha": a}, note=why)
         for a in sizes.alphas
     ]
     return [Group("alpha", f"gen_length={L}", L, methods)]
