@@ -179,6 +179,8 @@ def test_full_queue_answers_429_at_once(model_tok):
         async def one(client: httpx.AsyncClient) -> tuple[int, float, dict]:
             t = time.perf_counter()
             r = await client.post(srv.url + COMP, json=body, timeout=120)
+            if r.status_code == 429:
+                assert r.headers["retry-after"] == "1"
             return r.status_code, time.perf_counter() - t, r.json()
 
         async def run():

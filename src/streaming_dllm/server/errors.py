@@ -31,8 +31,8 @@ class APIError(Exception):
         return error_body(self.status, self.message, self.param, self.code)
 
     def response(self) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        headers = {401: {"WWW-Authenticate": "Bearer"}, 429: {"Retry-After": "1"}, 503: {"Retry-After": "5"}}
+        return JSONResponse(self.body(), status_code=self.status, headers=headers.get(self.status))
 
 
 def error_body(status: int, message: str, param: str | None = None,
