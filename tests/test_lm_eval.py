@@ -185,36 +185,21 @@ def _our_answers(model, tok, problems: list[arith.Problem], cfg: sd.DecodeConfig
 def test_harness_cli_offline_accuracy_equals_our_decoding(tmp_path):
     n, gen_length, window = 16, 128, 32
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "streaming_dllm.lm_eval_adapter",
-        "--model",
-        "streaming-dllm",
-        "--model_args",
-        f"pretrained={MODEL},method=streaming,gen_length={gen_length},window={window}",
-        "--tasks",
-        "streaming-dllm-arith",
-        "--limit",
-        str(n),
-        "--apply_chat_template",
-        "--batch_size",
-        "8",
-        "--device",
-        "cpu",
-        "--log_samples",
-        "--output_path",
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    model_args = f"pretrained={MODEL},method=streaming,gen_length={gen_length},window={window},mc_num=16"
+    tasks = "streaming-dllm-arith,streaming-dllm-arith-mc"
+    cmd = [sys.executable, "-m", "streaming_dllm.lm_eval_adapter", "--model", "streaming-dllm"]
+    cmd += ["--model_args", model_args, "--tasks", tasks, "--limit", str(n), "--apply_chat_template"]
+    cmd += ["--batch_size", "8", "--device", "cpu", "--log_samples", "--output_path", str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "tokens/s" in proc.stdout and "nfe" in proc.stdout  # the show_speed report
     results = json.loads(next(Path(tmp_path).rglob("results_*.json")).read_text())
     harness_acc = results["results"]["streaming-dllm-arith"]["exact_match,none"]
-    samples = [
-        json.loads(line) for line in next(Path(tmp_path).rglob("samples_*.jsonl")).read_text().splitlines()
-    ]
-    harness = {s["doc_id"]: s["resps"][0][0] for s in samples}
+    sample_file = next(Path(tmp_path).rglob("samples_streaming-dllm-arith_*.jsonl"))
+    harness = {}
+    for line in sample_file.read_text().splitlines():
+        sample = json.loads(line)
+        harness[sample["doc_id"]] = sample["resps"][0][0]
 
     # Our own bench on the same problems and settings.
     cfg = sd.DecodeConfig.preset("streaming", gen_length=gen_length, window=window)
@@ -225,5 +210,10 @@ def test_harness_cli_offline_accuracy_equals_our_decoding(tmp_path):
     print(f"harness exact_match={harness_acc:.4f}  bench accuracy={bench.accuracy:.4f}  (n={n})")
     assert harness_acc == pytest.approx(bench.accuracy)
     assert [harness[i] for i in range(n)] == _our_answers(model, tok, probs, cfg)  # answer by answer
+
+    # The multiple-choice variant goes through the harness's loglikelihood path.
+    mc_acc = results["results"]["streaming-dllm-arith-mc"]["acc,none"]
+    print(f"harness multiple-choice acc={mc_acc:.4f} (n={n}, 4 choices, chance 0.25)")
+    assert mc_acc >= 0.5
     speed = results["config"]["streaming_dllm"]["speed"]
     assert speed["samples"] == n and speed["nfe"] > 0
