@@ -35,26 +35,35 @@ class Item:
     max_tokens: int
     temperature: float
     seed: int
+    n: int = 1
 
 
 @dataclass
 class Result:
+    """One answer: its choices' texts and finish reasons, and the usage counts."""
+
     key: int
-    text: str
-    finish_reason: str
+    texts: list[str]
+    finish_reasons: list[str]
+    prompt_tokens: int
     completion_tokens: int
     latency: float
 
+    def answer(self) -> tuple:
+        return self.texts, self.finish_reasons, self.prompt_tokens, self.completion_tokens
+
 
 def make_workload(distinct: int, max_tokens: int, sampled_share: float = 0.25, seed: int = 0) -> list[Item]:
-    """``distinct`` requests over dev-set problems; a share of them sampled with a fixed seed."""
+    """``distinct`` requests over dev-set problems; a share sampled with a fixed seed, every
+    third one with n=2 (so a mixed-up answer shows in its choices, prompt length or count)."""
     from streaming_dllm.tasks import arith
 
     rng = random.Random(seed)
     items = []
     for i, p in enumerate(arith.problems("dev", distinct)):
         sampled = rng.random() < sampled_share
-        items.append(Item(i, i % 2 == 0, p.prompt, max_tokens, 0.7 if sampled else 0.0, 1000 + i))
+        n = 2 if i % 3 == 0 else 1
+        items.append(Item(i, i % 2 == 0, p.prompt, max_tokens, 0.7 if sampled else 0.0, 1000 + i, n))
     return items
 
 
@@ -79,16 +88,18 @@ async def run_load(base_url: str, model: str, workload: list[Item], concurrency:
     async def worker() -> None:
         while not queue.empty():
             item = queue.get_nowait()
-            kw = dict(model=model, max_tokens=item.max_tokens, temperature=item.temperature, seed=item.seed)
+            kw = dict(model=model, max_tokens=item.max_tokens, temperature=item.temperature, seed=item.seed,
+                      n=item.n)
             t = time.perf_counter()
             if item.chat:
                 messages = [{"role": "user", "content": item.prompt}]
                 r = await client.chat.completions.create(messages=messages, **kw)
-                text = r.choices[0].message.content
+                texts = [c.message.content for c in r.choices]
             else:
                 r = await client.completions.create(prompt=item.prompt, **kw)
-                text = r.choices[0].text
-            results.append(Result(item.key, text, r.choices[0].finish_reason, r.usage.completion_tokens,
+                texts = [c.text for c in r.choices]
+            reasons = [c.finish_reason for c in r.choices]
+            results.append(Result(item.key, texts, reasons, r.usage.prompt_tokens, r.usage.completion_tokens,
                                   time.perf_counter() - t))
 
     start = time.perf_counter()
@@ -113,10 +124,7 @@ def summary(results: list[Result], wall: float) -> dict[str, float]:
 
 def mismatches(results: list[Result], reference: dict[int, Result]) -> list[int]:
     """Keys whose answer differs from the reference (one-at-a-time) answer."""
-    return [r.key for r in results
-            if (r.text, r.finish_reason, r.completion_tokens) != (reference[r.key].text,
-                                                                  reference[r.key].finish_reason,
-                                                                  reference[r.key].completion_tokens)]
+    return [r.key for r in results if r.answer() != reference[r.key].answer()]
 
 
 def scrape(base_url: str, name: str) -> float:
