@@ -46,6 +46,7 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up decode")
+    p.add_argument("--plan", action="store_true", help="print methods and sample sizes, then exit")
     add_model_args(p)
     p.set_defaults(func=run_bench)
     return p
@@ -56,6 +57,21 @@ def _groups(args: argparse.Namespace, sizes: suites.Sizes):
         return suites.custom(args.methods, args.gen_lengths or list(sizes.main_lengths), sizes)
     names = list(suites.SUITES) if "all" in args.suite else list(dict.fromkeys(args.suite))
     return suites.build(names, sizes)
+
+
+def plan_text(groups, sizes: suites.Sizes) -> str:
+    """One line per method: table, label, prompts, and why fewer; identical runs counted once."""
+    lines, seen, decodes = [], set(), 0
+    for g in groups:
+        for m in g.methods:
+            n = min(sizes.n, m.n or sizes.n)
+            again = m.key in seen
+            seen.add(m.key)
+            decodes += 0 if again else n
+            extra = (f" ({m.note})" if m.note else "") + (" [reused]" if again else "")
+            lines.append(f"{g.suite:9} {g.name:16} {m.label:24} n={n}{extra}")
+    lines.append(f"{decodes} timed decodes (plus one short warm-up per method)")
+    return "\n".join(lines)
 
 
 def _clean(obj: Any) -> Any:
@@ -86,6 +102,9 @@ def run_bench(args: argparse.Namespace) -> int:
     sizes = suites.sizes_for(args.quick, n=args.n, n_slow=args.n_slow, n_sweep=args.n_sweep,
                              block_length=args.block_length)
     groups = _groups(args, sizes)
+    if args.plan:
+        print(plan_text(groups, sizes))
+        return 0
     model, tok = load_from_args(args)
     ctx = BenchContext(model, tok, arith.problems(args.split, sizes.n), batch_size=args.batch_size,
                        warmup=not args.no_warmup, budget_s=args.budget, progress=not args.no_progress)

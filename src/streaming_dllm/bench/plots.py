@@ -21,6 +21,17 @@ def _groups(record: dict[str, Any], suite: str) -> list[dict[str, Any]]:
     return [g for g in record["groups"] if g["suite"] == suite]
 
 
+def _plain_log(ax, axis: str = "y") -> None:
+    """Log scale with plain numbers (10, 100) instead of powers of ten."""
+    from matplotlib.ticker import FuncFormatter
+
+    getattr(ax, f"set_{axis}scale")("log")
+    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_formatter(fmt)
+    target.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+
+
 def _save(fig, out: Path, name: str) -> str:
     fig.tight_layout()
     fig.savefig(out / name, dpi=110)
@@ -43,7 +54,7 @@ def _bars(record: dict[str, Any], suite: str, out: Path, name: str, title: str) 
             ax.annotate(f"{100 * acc:.0f}%", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
-        ax.set_yscale("log")
+        _plain_log(ax)
         ax.set_ylabel("tokens / s (log); labels: accuracy")
         ax.set_title(f"{title}, {g['name']}")
     return _save(fig, out, name)
@@ -64,7 +75,7 @@ def length_plot(record: dict[str, Any], out: Path) -> str | None:
             right.plot(xs, [m and m["speedup_vs_vanilla"] for m in ms], marker="o", label=label)
     for ax, ylabel in ((left, "tokens / s"), (right, "speedup vs vanilla (paired)")):
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        _plain_log(ax)
         ax.set_xticks(xs, [str(x) for x in xs])
         ax.set_xlabel("gen_length")
         ax.set_ylabel(ylabel)
@@ -109,7 +120,7 @@ def scatter_plot(record: dict[str, Any], out: Path) -> str | None:
         ax.scatter(s["throughput_tok_s"], 100 * s["accuracy"], s=60)
         ax.annotate(m["label"], (s["throughput_tok_s"], 100 * s["accuracy"]), textcoords="offset points",
                     xytext=(5, 5), fontsize=8)
-    ax.set_xscale("log")
+    _plain_log(ax, "x")
     ax.set_xlabel("throughput, tokens / s (log)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 105)
