@@ -44,8 +44,10 @@ def tiny_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def quick_run(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_out")
+    doc = out / "DOC.md"
+    doc.write_text(f"# Title\n\nintro\n\n{report.BEGIN}\nold figures\n{report.END}\n\ntrailer\n")
     rc = main(["bench", "--quick", "--model", str(tiny_checkpoint), "--device", "cpu", "--threads", "1",
-               "--out", str(out), "--no-progress"])
+               "--out", str(out), "--no-progress", "--update-doc", str(doc)])
     assert rc == 0
     return json.loads((out / "bench.json").read_text()), out
 
@@ -57,6 +59,7 @@ def test_quick_json_schema(quick_run):
                 "groups", "plots", "seconds"):
         assert key in record
     assert record["settings"]["quick"] is True
+    assert record["command"][:3] == ["streaming-dllm", "bench", "--suite"] and "--quick" in record["command"]
     assert record["versions"]["torch"] == torch.__version__
     assert record["machine"]["cpu_count"] >= 1
     assert record["model"]["parameters"] > 0
@@ -103,6 +106,9 @@ def test_quick_outputs_tables_and_plots(quick_run):
                                     "sweep_alpha.png", "scatter.png"}
     for name in record["plots"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = (out / "DOC.md").read_text()
+    assert doc.startswith("# Title\n\nintro\n\n") and doc.endswith("\n\ntrailer\n")
+    assert "old figures" not in doc and text.strip() in doc and "![scatter.png](scatter.png)" in doc
 
 
 def test_bad_flags_exit_2(tiny_checkpoint, capsys):

@@ -44,12 +44,18 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--out", default="bench_out", help="folder for bench.json, bench.md and plots")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--update-doc", default=None, metavar="MD",
+                   help="also rewrite the generated section of this Markdown file (e.g. BENCHMARKS.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up decode")
     p.add_argument("--plan", action="store_true", help="print methods and sample sizes, then exit")
     add_model_args(p)
-    p.set_defaults(func=run_bench)
+    p.set_defaults(func=run_bench, bench_options=_options(p))
     return p
+
+
+def _options(parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
+    return [(a.option_strings[-1], a.dest) for a in parser._actions if a.option_strings and a.dest != "help"]
 
 
 def _groups(args: argparse.Namespace, sizes: suites.Sizes):
@@ -134,7 +140,8 @@ def run_bench(args: argparse.Namespace) -> int:
                   "parameters": sum(p.numel() for p in model.parameters()),
                   "dtype": str(model.dtype).replace("torch.", ""), "device": str(model.device)}
     record = report.build_record(
-        command=report.command_line(), settings=settings, model_info=model_info, device=model.device,
+        command=report.command_line(args, args.bench_options), settings=settings, model_info=model_info,
+        device=model.device,
         memory_method=ctx.memory.method, groups=report.group_records(groups, results),
         seconds=time.perf_counter() - start)
     out = Path(args.out)
@@ -145,6 +152,8 @@ def run_bench(args: argparse.Namespace) -> int:
     (out / "bench.json").write_text(json.dumps(_clean(record), indent=1) + "\n")
     (out / "bench.md").write_text(text + "\n")
     print(text)
+    if args.update_doc:
+        report.update_doc(Path(args.update_doc), record, out)
     print(f"wrote {out / 'bench.json'}, {out / 'bench.md'}"
           + (f" and {len(record['plots'])} plots" if record["plots"] else "")
           + f" in {record['seconds']:.0f} s", file=sys.stderr)
