@@ -19,7 +19,8 @@ from streaming_dllm.config import DecodeConfig
 SUMMARY_KEYS = {"n", "accuracy", "throughput_tok_s", "latency_median_s", "latency_p90_s", "nfe_mean",
                 "tokens_fed_mean", "tokens_mean", "used_mean", "seconds_total"}
 METHOD_KEYS = {"label", "preset", "params", "config", "n_planned", "note", "stopped", "reused_from",
-               "summary", "speedup_vs_vanilla", "speedup_vs_fast_dllm", "peak_mem_mib", "samples"}
+               "summary", "speedup_vs_vanilla", "speedup_vs_fast_dllm", "time_speedup_vs_vanilla",
+               "time_speedup_vs_fast_dllm", "peak_mem_mib", "samples"}
 SAMPLE_KEYS = {"prompt", "batch", "seconds", "share", "tokens", "used", "nfe", "tokens_fed", "correct"}
 
 
@@ -140,6 +141,8 @@ def test_full_sizes_and_smaller_samples():
     for label in suites.SCALING_METHODS:
         ns = [next(m.n for m in length[L].methods if m.label == label) for L in sorted(length)]
         assert ns == sorted(ns, reverse=True)
+        if label == "streaming":  # its cost does not grow with the length: full sample everywhere
+            assert ns == [suites.FULL.n] * 4
         notes = [next(m.note for m in length[L].methods if m.label == label) for L in sorted(length)]
         assert all(note for n, note in zip(ns, notes, strict=True) if n < suites.FULL.n)
     vanilla = next(m for m in length[2048].methods if m.label == "vanilla")
@@ -158,6 +161,10 @@ def test_paired_speedup_uses_shared_prompts_only():
     ref = _result("vanilla", "vanilla", [(0, 10.0, 10)])
     fast = _result("streaming", "streaming", [(0, 1.0, 10), (1, 100.0, 10)])
     assert metrics.paired_speedup(fast, ref) == pytest.approx(10.0)
+    assert metrics.paired_time_speedup(fast, ref) == pytest.approx(10.0)
+    silent = _result("vanilla", "vanilla", [(0, 10.0, 0)])
+    assert metrics.paired_speedup(fast, silent) is None
+    assert metrics.paired_time_speedup(fast, silent) == pytest.approx(10.0)
     assert metrics.paired_speedup(fast, None) is None
     assert metrics.find_reference([fast, ref], "vanilla", fast.method.config) is ref
 

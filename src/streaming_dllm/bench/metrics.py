@@ -62,7 +62,21 @@ def paired_speedup(result: MethodResult, reference: MethodResult | None) -> floa
         return None
     mine = throughput([s for s in result.samples if s.prompt in shared])
     theirs = throughput([s for s in reference.samples if s.prompt in shared])
-    return mine / theirs if theirs > 0 and not math.isnan(theirs) else None
+    return mine / theirs if theirs > 0 and not math.isnan(theirs) else None  # None: reference made no tokens
+
+
+def paired_time_speedup(result: MethodResult, reference: MethodResult | None) -> float | None:
+    """Wall time per sample of the reference over this method's, on the prompts both decoded.
+
+    Defined even when the reference generates no non-EOS tokens (throughput 0), e.g. a model
+    that answers nothing at a length it was not trained for.
+    """
+    if reference is None:
+        return None
+    shared = {s.prompt for s in result.samples} & {s.prompt for s in reference.samples}
+    mine = sum(s.share for s in result.samples if s.prompt in shared)
+    theirs = sum(s.share for s in reference.samples if s.prompt in shared)
+    return theirs / mine if shared and mine > 0 else None
 
 
 def reference_key(preset: str, like: DecodeConfig) -> str:

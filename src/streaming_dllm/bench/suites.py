@@ -3,7 +3,8 @@ window and alpha sweeps. Each suite is a list of groups (one table each).
 
 Sample sizes: every method decodes ``n`` prompts (``n_sweep`` in the sweeps), except the methods
 that pay one forward pass per token (``vanilla``, ``prefix-cache``), which use ``n_slow``; at long
-lengths every method is capped by ``n_cap`` and the slow ones by ``n_slow_cap``. A smaller sample
+lengths every whole-suffix method (no window: its cost grows with the length) is capped by
+``n_cap``, and the slow ones by ``n_slow_cap``. A smaller sample
 carries a note that the tables print next to the figures.
 """
 
@@ -27,7 +28,7 @@ class Sizes:
     n: int = 16
     n_slow: int = 4
     n_sweep: int = 8
-    n_cap: dict[int, int] = field(default_factory=lambda: {1024: 8, 2048: 4})
+    n_cap: dict[int, int] = field(default_factory=lambda: {1024: 6, 2048: 3})
     n_slow_cap: dict[int, int] = field(default_factory=lambda: {1024: 1, 2048: 1})
     block_length: int = 32
     main_lengths: tuple[int, ...] = (256, 512)
@@ -63,8 +64,9 @@ def _sample(name: str, sizes: Sizes, gen_length: int) -> tuple[int, str]:
     n, why = sizes.n, ""
     if name in SLOW:
         n, why = min(n, sizes.n_slow), "one forward pass per token"
-    if gen_length in sizes.n_cap and sizes.n_cap[gen_length] < n:
-        n, why = sizes.n_cap[gen_length], f"time, at gen_length {gen_length}"
+    full_suffix = PRESETS[name].get("window") is None
+    if full_suffix and gen_length in sizes.n_cap and sizes.n_cap[gen_length] < n:
+        n, why = sizes.n_cap[gen_length], f"time: whole suffix every step at gen_length {gen_length}"
     if name in SLOW and gen_length in sizes.n_slow_cap and sizes.n_slow_cap[gen_length] < n:
         n, why = sizes.n_slow_cap[gen_length], f"one forward pass per token, at gen_length {gen_length}"
     return n, why
