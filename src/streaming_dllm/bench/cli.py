@@ -147,7 +147,11 @@ def run_bench(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.no_plots:
-        record["plots"] = plots.make_plots(record, out)
+        try:
+            record["plots"] = plots.make_plots(record, out)
+        except ImportError:
+            print("matplotlib is not installed (pip install 'streaming-dllm[bench]'): no plots",
+                  file=sys.stderr)
     text = report.markdown(record)
     (out / "bench.json").write_text(json.dumps(_clean(record), indent=1) + "\n")
     (out / "bench.md").write_text(text + "\n")
