@@ -174,3 +174,15 @@ def test_percentile_and_summary():
     assert math.isnan(metrics.percentile([], 50))
     s = metrics.summarize(_result("x", "vanilla", [(0, 2.0, 4), (1, 2.0, 0)]).samples)
     assert s["throughput_tok_s"] == pytest.approx(1.0) and s["accuracy"] == 1.0 and s["n"] == 2
+
+
+def test_cpu_peak_memory_sees_a_large_allocation():
+    from streaming_dllm.bench.memory import PeakMemory
+
+    tracker = PeakMemory(torch.device("cpu"))
+    if not tracker.available:
+        pytest.skip("no /proc/self/clear_refs here")
+    with tracker:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB
+        del block
+    assert tracker.peak_bytes >= 48 * 2**20

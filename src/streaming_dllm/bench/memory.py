@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from pathlib import Path
 
 import torch
@@ -19,6 +21,14 @@ def _status_kib() -> dict[str, int]:
     return out
 
 
+def _malloc_trim():
+    """glibc's ``malloc_trim`` (None elsewhere): hands freed heap pages back to the OS."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
 def _can_reset_rss() -> bool:
     try:
         _CLEAR_REFS.write_text("5")
@@ -32,7 +42,9 @@ class PeakMemory:
 
     CUDA: ``torch.cuda.max_memory_allocated`` after a reset (weights included).
     CPU: growth of the resident set during the call: the peak RSS (VmHWM, reset through
-    ``/proc/self/clear_refs``) minus the RSS before; no tracemalloc, so no slowdown.
+    ``/proc/self/clear_refs``) minus the RSS before; no tracemalloc, so no slowdown. Freed heap
+    pages are first handed back with ``malloc_trim(0)`` (glibc), or the allocator's free lists
+    would hide the call's working set after the first call.
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -41,13 +53,15 @@ class PeakMemory:
         self.available = self.cuda or _can_reset_rss()
         self.peak_bytes: int | None = None
         self._before = 0
+        self._trim = None if self.cuda else _malloc_trim()
 
     @property
     def method(self) -> str:
         if self.cuda:
             return "cuda max_memory_allocated (bytes, weights included)"
         if self.available:
-            return "cpu peak RSS growth during the call (VmHWM after clear_refs minus VmRSS before)"
+            trim = "malloc_trim(0), then " if self._trim is not None else ""
+            return f"cpu peak RSS growth during the call ({trim}VmHWM after clear_refs minus VmRSS before)"
         return "unavailable"
 
     def __enter__(self) -> PeakMemory:
@@ -55,6 +69,8 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         elif self.available:
+            if self._trim is not None:
+                self._trim(0)
             _CLEAR_REFS.write_text("5")
             self._before = _status_kib()["VmRSS"]
         return self
