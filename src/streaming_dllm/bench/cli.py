@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -114,6 +115,7 @@ def run_bench(args: argparse.Namespace) -> int:
     model, tok = load_from_args(args)
     ctx = BenchContext(model, tok, arith.problems(args.split, sizes.n), batch_size=args.batch_size,
                        warmup=not args.no_warmup, budget_s=args.budget, progress=not args.no_progress)
+    load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     start = time.perf_counter()
     bar = None
     if ctx.progress:
@@ -144,6 +146,7 @@ def run_bench(args: argparse.Namespace) -> int:
         device=model.device,
         memory_method=ctx.memory.method, groups=report.group_records(groups, results),
         seconds=time.perf_counter() - start)
+    record["machine"]["load_avg_start"] = load_start
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.no_plots:
