@@ -36,25 +36,25 @@ class TrainConfig:
     """Every knob of a run; saved next to the checkpoint so a run can be repeated."""
 
     out: str = "runs/builtin"
-    d_model: int = 192
-    n_layers: int = 6
-    n_heads: int = 6
-    mlp_hidden_size: int = 512
-    steps: int = 3000
-    batch_size: int = 32
-    batch_tokens: int = 4096
-    lr: float = 2e-3
+    d_model: int = 128
+    n_layers: int = 5
+    n_heads: int = 4
+    mlp_hidden_size: int = 384
+    steps: int = 8000
+    batch_size: int = 16
+    batch_tokens: int = 2048
+    lr: float = 3e-3
     min_lr_ratio: float = 0.05
     warmup: int = 100
     weight_decay: float = 0.01
     train_problems: int = 100_000
     pad_lengths: tuple[int, ...] = (64, 96, 128, 256, 512)
-    pad_weights: tuple[float, ...] = (0.6, 0.2, 0.1, 0.07, 0.03)
+    pad_weights: tuple[float, ...] = (0.65, 0.15, 0.1, 0.07, 0.03)
     eps: float = 1e-3
     seed: int = 0
     threads: int = 2
     save_every: int = 100
-    eval_every: int = 250
+    eval_every: int = 500
     eval_n: int = 32
     time_limit_min: float = 0.0
     extra: dict = field(default_factory=dict)
@@ -207,6 +207,7 @@ def save_checkpoint(model: LLaDAModel, config: dict, out: Path) -> None:
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "model.safetensors").chmod(0o644)  # safetensors writes 0600; the file ships in a package
 
 
 def train(cfg: TrainConfig, export: str | None = None, log=print) -> dict:
