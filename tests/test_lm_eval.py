@@ -212,8 +212,12 @@ def test_harness_cli_offline_accuracy_equals_our_decoding(tmp_path):
     assert [harness[i] for i in range(n)] == _our_answers(model, tok, probs, cfg)  # answer by answer
 
     # The multiple-choice variant goes through the harness's loglikelihood path.
+    # (Its accuracy measures the model, not the adapter: it is reported, not asserted.)
     mc_acc = results["results"]["streaming-dllm-arith-mc"]["acc,none"]
     print(f"harness multiple-choice acc={mc_acc:.4f} (n={n}, 4 choices, chance 0.25)")
-    assert mc_acc >= 0.5
+    mc_file = next(Path(tmp_path).rglob("samples_streaming-dllm-arith-mc_*.jsonl"))
+    mc = [json.loads(line) for line in mc_file.read_text().splitlines()]
+    assert len(mc) == n and all(len(m["resps"]) == 4 for m in mc)
+    assert all(-1e6 < float(r[0][0]) < 0 for m in mc for r in m["resps"])
     speed = results["config"]["streaming_dllm"]["speed"]
     assert speed["samples"] == n and speed["nfe"] > 0
