@@ -185,7 +185,7 @@ def _our_answers(model, tok, problems: list[arith.Problem], cfg: sd.DecodeConfig
 def test_harness_cli_offline_accuracy_equals_our_decoding(tmp_path):
     n, gen_length, window = 16, 128, 32
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    model_args = f"pretrained={MODEL},method=streaming,gen_length={gen_length},window={window},mc_num=16"
+    model_args = f"pretrained={MODEL},method=streaming,gen_length={gen_length},window={window},mc_num=8"
     tasks = "streaming-dllm-arith,streaming-dllm-arith-mc"
     cmd = [sys.executable, "-m", "streaming_dllm.lm_eval_adapter", "--model", "streaming-dllm"]
     cmd += ["--model_args", model_args, "--tasks", tasks, "--limit", str(n), "--apply_chat_template"]
