@@ -104,11 +104,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         nfe = chunk.nfe
         answer = answer_ids(generated, stops)
         text = tok.decode(answer, skip_special_tokens=True)
+        # The method decides when decoding stops (early exit or not); printing stops at the answer.
         sys.stdout.write(text[len(printed) :] if text.startswith(printed) else "\n" + text)
         sys.stdout.flush()
         printed = text
-        if len(answer) < len(generated):
-            break
     elapsed = time.perf_counter() - start
     n_tokens = sum(t != model.eos_id for t in generated)
     print(

@@ -217,9 +217,12 @@ def load_tokenizer(model_or_path: DiffusionLM | str | os.PathLike, trust_remote_
         raise CheckpointError(f"{folder}: this checkpoint has no tokenizer files")
     tok_cfg_path = folder / "tokenizer_config.json"
     tok_cfg = json.loads(tok_cfg_path.read_text()) if tok_cfg_path.is_file() else {}
-    if tok_cfg.get("auto_map") and not trust_remote_code:
-        if (folder / "tokenizer.json").is_file():
-            return PreTrainedTokenizerFast.from_pretrained(str(folder))
+    fast_file = (folder / "tokenizer.json").is_file()
+    remote = bool(tok_cfg.get("auto_map")) and not trust_remote_code
+    if fast_file and (remote or tok_cfg.get("tokenizer_class") in (None, "PreTrainedTokenizerFast")):
+        # Direct load: AutoTokenizer would consult config.json, whose dLLM model_type it does not know.
+        return PreTrainedTokenizerFast.from_pretrained(str(folder))
+    if remote:
         raise CheckpointError(
             f"{folder}: the tokenizer needs code shipped with the checkpoint; pass "
             "trust_remote_code=True (--trust-remote-code) if you trust it"
