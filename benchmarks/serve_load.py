@@ -53,16 +53,17 @@ class Result:
         return self.texts, self.finish_reasons, self.prompt_tokens, self.completion_tokens
 
 
-def make_workload(distinct: int, max_tokens: int, sampled_share: float = 0.25, seed: int = 0) -> list[Item]:
-    """``distinct`` requests over dev-set problems; a share sampled with a fixed seed, every
-    third one with n=2 (so a mixed-up answer shows in its choices, prompt length or count)."""
+def make_workload(distinct: int, max_tokens: int, sampled_share: float = 0.25, seed: int = 0,
+                  multi_choice: bool = False) -> list[Item]:
+    """``distinct`` requests over dev-set problems; a share sampled with a fixed seed; with
+    ``multi_choice`` every third one asks for n=2 (a server with --max-batch-size 1 refuses those)."""
     from streaming_dllm.tasks import arith
 
     rng = random.Random(seed)
     items = []
     for i, p in enumerate(arith.problems("dev", distinct)):
         sampled = rng.random() < sampled_share
-        n = 2 if i % 3 == 0 else 1
+        n = 2 if multi_choice and i % 3 == 0 else 1
         items.append(Item(i, i % 2 == 0, p.prompt, max_tokens, 0.7 if sampled else 0.0, 1000 + i, n))
     return items
 

@@ -35,7 +35,7 @@ def server(tmp_path_factory):
 
 
 def test_200_requests_16_clients_match_solo_answers(server):
-    items = serve_load.make_workload(distinct=40, max_tokens=8)
+    items = serve_load.make_workload(distinct=40, max_tokens=8, multi_choice=True)
     solo, _ = asyncio.run(serve_load.run_load(server.url, MODEL, items, concurrency=1))
     reference = {r.key: r for r in solo}
     assert len(reference) == len(items)
