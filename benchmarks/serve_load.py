@@ -176,16 +176,20 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--distinct", type=int, default=50, help="distinct requests in the workload")
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--sampled-share", type=float, default=0.25,
+                    help="share of requests sampled at temperature 0.7 (the rest greedy)")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the server")
+    ap.add_argument("--batch-wait-ms", type=float, default=5.0, help="the server's --batch-wait-ms")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
 
-    items = make_workload(args.distinct, args.max_tokens)
+    items = make_workload(args.distinct, args.max_tokens, sampled_share=args.sampled_share)
     workload = expand(items, args.requests)
     common = ["--model", args.model, "--method", args.method, "--block-length", str(args.block_length),
-              "--threads", str(args.threads), "--max-queue", str(max(64, args.requests)), "--device", "cpu"]
+              "--threads", str(args.threads), "--max-queue", str(max(64, args.requests)), "--device", "cpu",
+              "--batch-wait-ms", str(args.batch_wait_ms)]
     rows = {}
     reference: dict[int, Result] = {}
     for mode, batch in (("solo", 1), ("batched", args.batch_size)):
@@ -200,6 +204,7 @@ def main() -> int:
             row["mean_rows_per_batch"] = scrape(srv.url, "sdllm_batch_rows_sum") / row["batches"]
             rows[mode] = row
     print(f"{args.requests} requests, {args.concurrency} clients, max_tokens {args.max_tokens}, "
+          f"sampled share {args.sampled_share}, "
           f"method {args.method}, block {args.block_length}, model {args.model}, threads {args.threads}")
     head = ("mode", "req/s", "p50 s", "p99 s", "tok/s", "rows/batch", "mismatch")
     print(f"{head[0]:8} " + " ".join(f"{h:>7}" for h in head[1:5]) + f" {head[5]:>10} {head[6]:>8}")
