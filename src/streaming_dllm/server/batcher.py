@@ -61,9 +61,10 @@ class Job:
 
 
 def batch_key(plan: Plan) -> tuple:
-    """Requests with equal keys may share a batch (one batch = one DecodeConfig)."""
+    """Requests with equal keys may share a batch (one batch = one DecodeConfig, seeds aside)."""
     d = plan.cfg.to_dict()
     d.pop("seed", None)
+    d.pop("preset_name", None)
     return tuple(sorted(d.items()))
 
 

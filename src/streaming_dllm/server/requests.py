@@ -19,6 +19,12 @@ from .schemas import ChatCompletionRequest, CompletionRequest
 from .settings import ServerSettings
 
 SEED_MOD = 2**63
+UNION_TYPES = {
+    "prompt": "a string, a list of strings, a list of token ids or a list of token-id lists",
+    "content": "a string or a list of {'type': 'text', 'text': ...} parts",
+    "stop": "a string or a list of strings",
+    "tool_choice": "a string or an object",
+}
 
 
 @dataclass
@@ -47,7 +53,8 @@ def parse_body(raw: bytes, schema: type[BaseModel]) -> BaseModel:
     try:
         return schema.model_validate_json(raw, strict=True)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
+        errors = exc.errors(include_url=False)
+        err = errors[0]
         loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "json_invalid":
             msg = f"request body is not valid JSON ({err['msg']})"
@@ -58,7 +65,22 @@ def parse_body(raw: bytes, schema: type[BaseModel]) -> BaseModel:
             raise APIError(422, f"{loc}: this field is required", param=loc, code="missing_field") from None
         if err["type"] == "extra_forbidden":
             raise APIError(422, f"{loc}: unknown field", param=loc, code="unknown_field") from None
+        same_field = [e["loc"] for e in errors if e["loc"][:1] == err["loc"][:1]]
+        if len(same_field) > 1:  # a union field: one error per accepted form, each loc tagged by type
+            prefix = _common_prefix(same_field)
+            loc = ".".join(str(p) for p in prefix)
+            expected = UNION_TYPES.get(str(prefix[-1]), "one of the accepted types")
+            raise APIError(422, f"{loc}: must be {expected}", param=loc, code="invalid_type") from None
         raise APIError(422, f"{loc}: {err['msg']}", param=loc, code="invalid_type") from None
+
+
+def _common_prefix(locs: list[tuple]) -> tuple:
+    out = []
+    for parts in zip(*locs, strict=False):
+        if any(p != parts[0] for p in parts):
+            break
+        out.append(parts[0])
+    return tuple(out)
 
 
 class Translator:
