@@ -258,9 +258,11 @@ def create_app(model, tokenizer, settings: ServerSettings | None = None) -> Fast
         return JSONResponse(error_body(500, "internal server error", code="internal_error"), status_code=500)
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": settings.model_name, "queued": svc.batcher.queued,
-                "running": svc.batcher.running}
+    async def health() -> JSONResponse:
+        alive = svc.batcher.alive
+        body = {"status": "ok" if alive else "worker stopped", "model": settings.model_name,
+                "queued": svc.batcher.queued, "running": svc.batcher.running}
+        return JSONResponse(body, status_code=200 if alive else 503)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:

@@ -83,6 +83,10 @@ class Batcher:
     def queued(self) -> int:
         return len(self._pending)
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def start(self) -> None:
         self._thread.start()
 
