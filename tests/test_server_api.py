@@ -12,6 +12,7 @@ import pytest
 import torch
 from server_helpers import LiveServer, load_served_model
 
+import streaming_dllm as sd
 from streaming_dllm import BlockChunk
 from streaming_dllm.server import Limits, ServerSettings
 from streaming_dllm.server import batcher as batcher_module
@@ -22,8 +23,8 @@ MESSAGES = [{"role": "user", "content": PROMPT}]
 
 
 @pytest.fixture(scope="module")
-def model_tok(tmp_path_factory):
-    return load_served_model(tmp_path_factory)
+def model_tok():
+    return load_served_model()
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +92,21 @@ def test_chat_streamed_equals_non_streamed(client):
     assert text[0] == msg.content
     assert reasons[0] == full.choices[0].finish_reason
     assert chunks[0].choices[0].delta.role == "assistant"
+
+
+def test_answer_is_the_engine_output(model_tok, client):
+    """The server adds nothing: its text is the engine's tokens for the same prompt and config,
+    decoded up to the first end token and cut at max_tokens."""
+    model, tok = model_tok
+    ids = tok(tok.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False),
+              add_special_tokens=False)["input_ids"]
+    cfg = sd.DecodeConfig.preset("streaming", block_length=16, gen_length=48)
+    generated = sd.generate(model, [ids], cfg).generated(0)
+    ends = {model.config["eos_token_id"], model.config.get("eot_token_id", model.config["eos_token_id"])}
+    kept = next((generated[:i] for i, t in enumerate(generated) if t in ends), generated)[:40]
+    out = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=40, temperature=0)
+    assert out.choices[0].message.content == tok.decode(kept, skip_special_tokens=True)
+    assert out.usage.prompt_tokens == len(ids) and out.usage.completion_tokens == len(kept)
 
 
 def test_max_tokens_cuts_inside_a_block(client):

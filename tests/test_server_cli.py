@@ -12,7 +12,7 @@ import time
 import urllib.request
 
 import pytest
-from server_helpers import builtin_ready, untrained_checkpoint
+from server_helpers import served_checkpoint
 
 from streaming_dllm.server.cli import add_serve_parser, run_serve, settings_from_args
 
@@ -49,8 +49,8 @@ def test_bad_flags_are_refused_at_start(argv, field):
         settings_from_args(parse(*argv))
 
 
-def test_server_process_binds_loopback_and_serves(tmp_path):
-    model = "builtin" if builtin_ready() else str(untrained_checkpoint(tmp_path))
+def test_server_process_binds_loopback_and_serves():
+    model = served_checkpoint()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

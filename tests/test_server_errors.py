@@ -100,8 +100,8 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def model_tok(tmp_path_factory):
-    return load_served_model(tmp_path_factory)
+def model_tok():
+    return load_served_model()
 
 
 @pytest.fixture(scope="module")

@@ -27,10 +27,10 @@ _spec.loader.exec_module(serve_load)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server():
     limits = Limits(max_batch_size=16, max_queue=256, batch_wait_ms=5)
     settings = ServerSettings(model_name=MODEL, shared_overrides={"block_length": 8}, limits=limits)
-    with LiveServer(*load_served_model(tmp_path_factory), settings) as srv:
+    with LiveServer(*load_served_model(), settings) as srv:
         yield srv
 
 
