@@ -244,7 +244,7 @@ def test_health_answers_during_inference(model_tok):
     """A 64-step decode (one vanilla block: every step commits one token, whatever the model
     says) runs on the worker thread while /health keeps answering at once."""
     settings = ServerSettings(model_name=MODEL, method="vanilla", shared_overrides={"block_length": 64},
-                              limits=Limits(max_tokens=64, default_max_tokens=64))
+                              limits=Limits(max_tokens=64))
     with LiveServer(*model_tok, settings) as srv:
         body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 64, "temperature": 0}
         with ThreadPoolExecutor(1) as pool:

@@ -34,6 +34,7 @@ def test_flags_become_settings():
     other = s.base_config("fast-dllm")
     assert other.window is None and other.block_length == 8  # --window belongs to the default method
     assert settings_from_args(parse("--block-length", "48")).base_config().block_length == 48
+    assert settings_from_args(parse("--max-tokens", "64")).limits.default_max_tokens == 64
 
 
 @pytest.mark.parametrize("argv, field", [

@@ -176,7 +176,7 @@ def test_server_still_serves_after_bad_input(server):
 
 
 def test_full_queue_answers_429_at_once(model_tok):
-    limits = Limits(max_queue=1, max_batch_size=1, batch_wait_ms=0, max_tokens=32, default_max_tokens=32)
+    limits = Limits(max_queue=1, max_batch_size=1, batch_wait_ms=0, max_tokens=32)
     settings = ServerSettings(model_name=MODEL, method="vanilla", shared_overrides={"block_length": 16},
                               limits=limits)
     with LiveServer(*model_tok, settings) as srv:
@@ -218,7 +218,7 @@ def test_engine_failure_fails_only_its_request(model_tok, monkeypatch):
 
     monkeypatch.setattr(batcher_module, "stream", flaky)
     settings = ServerSettings(model_name=MODEL, shared_overrides={"block_length": 8},
-                              limits=Limits(batch_wait_ms=300, max_tokens=16, default_max_tokens=16))
+                              limits=Limits(batch_wait_ms=300, max_tokens=16))
     good = [[20, 21, 22, 23], [30, 31, 32], [40, 41, 42, 43, 44]]
     with LiveServer(*model_tok, settings) as srv:
         def body(p):

@@ -21,7 +21,7 @@ _LIMIT_FLAGS = {
     "max_body_bytes": "largest request body in bytes (413 beyond)",
     "max_prompt_tokens": "most prompt tokens per prompt",
     "max_tokens": "largest max_tokens a request may ask for",
-    "default_max_tokens": "max_tokens of a request that gives none",
+    "default_max_tokens": "max_tokens of a request that gives none (default: min(128, --max-tokens))",
     "max_n": "largest n (choices per prompt)",
     "max_prompts": "most prompts in one /v1/completions request",
     "max_batch_size": "most rows decoded together in one engine batch",
@@ -59,9 +59,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="require 'Authorization: Bearer KEY' (default: $STREAMING_DLLM_API_KEY, else none)")
     defaults = Limits()
     for name, text in _LIMIT_FLAGS.items():
-        kind = type(getattr(defaults, name))
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name),
-                       help=f"{text} (default {getattr(defaults, name)})")
+        flag = f"--{name.replace('_', '-')}"
+        if name == "default_max_tokens":
+            p.add_argument(flag, type=int, default=None, help=text)
+            continue
+        value = getattr(defaults, name)
+        p.add_argument(flag, type=type(value), default=value, help=f"{text} (default {value})")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 

@@ -11,6 +11,7 @@ from ..config import PRESETS, DecodeConfig
 class Limits:
     """Bounds enforced on every request; a request outside them is rejected, never clipped.
 
+    ``default_max_tokens`` (None = min(128, max_tokens)) applies to requests that give none.
     Concurrency is bounded by ``max_batch_size`` rows decoding plus ``max_queue`` requests
     waiting; a request that finds the queue full is answered 429 at once.
     """
@@ -18,7 +19,7 @@ class Limits:
     max_body_bytes: int = 1 << 20
     max_prompt_tokens: int = 2048
     max_tokens: int = 1024
-    default_max_tokens: int = 128
+    default_max_tokens: int | None = None
     max_n: int = 8
     max_prompts: int = 8
     max_stop: int = 4
@@ -30,6 +31,10 @@ class Limits:
     max_window: int = 4096
     max_temperature: float = 2.0
     methods: tuple[str, ...] = tuple(PRESETS)
+
+    def __post_init__(self) -> None:
+        if self.default_max_tokens is None:
+            self.default_max_tokens = min(128, self.max_tokens)
 
 
 @dataclass
