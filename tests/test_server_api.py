@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -259,3 +260,32 @@ def test_health_answers_during_inference(model_tok):
         during = [took for running, took in polls if running]
         assert len(during) >= 3, polls
         assert max(during) < 0.5, during
+
+
+def _stream_chat(url: str, body: dict) -> list[tuple[str, str | None]]:
+    texts: dict[int, str] = {}
+    reasons: dict[int, str] = {}
+    with httpx.stream("POST", url + "/v1/chat/completions", json={**body, "stream": True}, timeout=120) as r:
+        for line in r.iter_lines():
+            if not line or line == "data: [DONE]":
+                continue
+            for c in json.loads(line[6:])["choices"]:
+                texts[c["index"]] = texts.get(c["index"], "") + (c["delta"].get("content") or "")
+                reasons[c["index"]] = c["finish_reason"] or reasons.get(c["index"])
+    return [(texts.get(i, ""), reasons.get(i)) for i in range(body.get("n", 1))]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_streamed_equals_non_streamed_across_knobs(server, seed):
+    """Random methods, block lengths, max_tokens, n, sampling and stop strings: the stream joined
+    is the non-streamed answer, choice by choice, finish reasons included."""
+    rng = random.Random(seed)
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": rng.choice([1, 3, 7, 16, 33]),
+            "method": rng.choice(["vanilla", "prefix-cache", "fast-dllm", "fast-dllm-dual", "streaming",
+                                  "streaming-dual"]),
+            "block_length": rng.choice([1, 3, 8, 16]), "temperature": rng.choice([0, 0.7]),
+            "n": rng.choice([1, 2]), "seed": rng.randint(0, 10**9),
+            "stop": rng.choice([[], ["="], ["\n"], ["answer", "is"]])}
+    full = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=120).json()
+    want = [(c["message"]["content"], c["finish_reason"]) for c in full["choices"]]
+    assert _stream_chat(server.url, body) == want
