@@ -65,22 +65,29 @@ def parse_body(raw: bytes, schema: type[BaseModel]) -> BaseModel:
             raise APIError(422, f"{loc}: this field is required", param=loc, code="missing_field") from None
         if err["type"] == "extra_forbidden":
             raise APIError(422, f"{loc}: unknown field", param=loc, code="unknown_field") from None
-        same_field = [e["loc"] for e in errors if e["loc"][:1] == err["loc"][:1]]
-        if len(same_field) > 1:  # a union field: one error per accepted form, each loc tagged by type
-            prefix = _common_prefix(same_field)
+        prefix = _union_field(errors)
+        if prefix:
             loc = ".".join(str(p) for p in prefix)
             expected = UNION_TYPES.get(str(prefix[-1]), "one of the accepted types")
             raise APIError(422, f"{loc}: must be {expected}", param=loc, code="invalid_type") from None
         raise APIError(422, f"{loc}: {err['msg']}", param=loc, code="invalid_type") from None
 
 
-def _common_prefix(locs: list[tuple]) -> tuple:
-    out = []
+def _union_field(errors: list[dict]) -> tuple:
+    """The path of a union-typed field when the errors are its members' (pydantic tags each
+    member's errors with the member's type, e.g. ``prompt.list[int].0``); else ``()``."""
+    locs = [e["loc"] for e in errors if e["loc"][:1] == errors[0]["loc"][:1]]
+    if len(locs) < 2:
+        return ()
+    prefix: list = []
     for parts in zip(*locs, strict=False):
         if any(p != parts[0] for p in parts):
             break
-        out.append(parts[0])
-    return tuple(out)
+        prefix.append(parts[0])
+    tags = {loc[len(prefix)] for loc in locs if len(loc) > len(prefix)}
+    is_tag = [isinstance(t, str) and ("[" in t or t in ("str", "int", "float", "bool") or t[:1].isupper())
+              for t in tags]
+    return tuple(prefix) if tags and all(is_tag) else ()
 
 
 class Translator:
