@@ -110,6 +110,31 @@ async def run_load(base_url: str, model: str, workload: list[Item], concurrency:
     return results, wall
 
 
+async def load_with_health_probe(base_url: str, model: str, workload: list[Item],
+                                 concurrency: int) -> tuple[list[Result], float, list[float]]:
+    """``run_load`` while a probe GETs /health every 50 ms; also returns the probe latencies."""
+    import httpx
+
+    probes: list[float] = []
+    done = asyncio.Event()
+
+    async def probe() -> None:
+        async with httpx.AsyncClient(timeout=30) as client:
+            while not done.is_set():
+                t = time.perf_counter()
+                (await client.get(base_url + "/health")).raise_for_status()
+                probes.append(time.perf_counter() - t)
+                await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(probe())
+    try:
+        results, wall = await run_load(base_url, model, workload, concurrency)
+    finally:
+        done.set()
+        await task
+    return results, wall, probes
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile."""
     s = sorted(values)
@@ -197,8 +222,11 @@ def main() -> int:
             if not reference:
                 ref, _ = asyncio.run(run_load(srv.url, args.model, items, 1))
                 reference = {r.key: r for r in ref}
-            results, wall = asyncio.run(run_load(srv.url, args.model, workload, args.concurrency))
+            results, wall, probes = asyncio.run(
+                load_with_health_probe(srv.url, args.model, workload, args.concurrency))
             row = summary(results, wall)
+            row["health_p50_ms"] = 1000 * percentile(probes, 50)
+            row["health_max_ms"] = 1000 * max(probes)
             row["mismatches"] = len(mismatches(results, reference))
             row["batches"] = scrape(srv.url, "sdllm_batch_rows_count")
             row["mean_rows_per_batch"] = scrape(srv.url, "sdllm_batch_rows_sum") / row["batches"]
@@ -206,11 +234,13 @@ def main() -> int:
     print(f"{args.requests} requests, {args.concurrency} clients, max_tokens {args.max_tokens}, "
           f"sampled share {args.sampled_share}, "
           f"method {args.method}, block {args.block_length}, model {args.model}, threads {args.threads}")
-    head = ("mode", "req/s", "p50 s", "p99 s", "tok/s", "rows/batch", "mismatch")
-    print(f"{head[0]:8} " + " ".join(f"{h:>7}" for h in head[1:5]) + f" {head[5]:>10} {head[6]:>8}")
+    head = ("mode", "req/s", "p50 s", "p99 s", "tok/s", "rows/batch", "mismatch", "/health p50/max ms")
+    print(f"{head[0]:8} " + " ".join(f"{h:>7}" for h in head[1:5]) + f" {head[5]:>10} {head[6]:>8}",
+          head[7])
     for mode, r in rows.items():
         print(f"{mode:8} {r['req_per_s']:7.2f} {r['p50_s']:7.3f} {r['p99_s']:7.3f} {r['tokens_per_s']:7.1f} "
-              f"{r['mean_rows_per_batch']:10.2f} {r['mismatches']:8d}")
+              f"{r['mean_rows_per_batch']:10.2f} {r['mismatches']:8d}  "
+              f"{r['health_p50_ms']:.1f} / {r['health_max_ms']:.1f}")
     print(f"batched / solo throughput: {rows['batched']['req_per_s'] / rows['solo']['req_per_s']:.2f}x")
     if args.json:
         with open(args.json, "w") as f:
