@@ -206,3 +206,14 @@ def test_sharded_checkpoint_and_bfloat16(tmp_path):
     bf16 = sd.load_model(folder, dtype="bfloat16")
     assert bf16.dtype == torch.bfloat16
     assert bf16(ids, pos).argmax(-1).shape == (1, ids.shape[1])
+
+
+def test_tokenizer_encodings_are_accepted_and_bad_rows_named(llada_tiny):
+    cfg = sd.DecodeConfig(gen_length=16, block_length=16)
+    ids = [990, 980, 900, 982, 129, 992, 981]
+    plain = sd.generate(llada_tiny, [ids], cfg)
+    encoded = sd.generate(llada_tiny, [{"input_ids": ids, "attention_mask": [1] * len(ids)}], cfg)
+    batch_encoding = sd.generate(llada_tiny, {"input_ids": [ids], "attention_mask": [[1] * len(ids)]}, cfg)
+    assert encoded.sequences.tolist() == plain.sequences.tolist() == batch_encoding.sequences.tolist()
+    with pytest.raises(ValueError, match="sequence of integer token ids"):
+        sd.generate(llada_tiny, [["input_ids"]], cfg)

@@ -8,7 +8,7 @@ own masks, thresholds and early exit, and rows that need no forward are left out
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -56,8 +56,28 @@ class GenerateOutput:
         return self.sequences[row, self.prompt_width - self.prompt_lengths[row] : self.prompt_width].tolist()
 
 
+def _ids_of(row) -> list[int]:
+    """One prompt's ids from a tensor, a list of ints or a tokenizer's encoding."""
+    if isinstance(row, Mapping):
+        row = row["input_ids"]
+    if isinstance(row, torch.Tensor):
+        return row.tolist()
+    if not all(isinstance(t, int) and not isinstance(t, bool) for t in row):
+        raise ValueError("input_ids: each prompt must be a sequence of integer token ids")
+    return list(row)
+
+
 def _as_rows(input_ids, attention_mask) -> list[list[int]]:
     """Prompts as lists of ids; a padded tensor needs an attention_mask with left padding."""
+    if isinstance(input_ids, Mapping):  # a tokenizer's BatchEncoding
+        attention_mask = input_ids.get("attention_mask", attention_mask)
+        input_ids = input_ids["input_ids"]
+        if isinstance(attention_mask, list):
+            attention_mask = torch.tensor(attention_mask)
+        if isinstance(input_ids, list) and input_ids and isinstance(input_ids[0], int):
+            input_ids = [input_ids]
+        if isinstance(input_ids, list):
+            input_ids = torch.tensor(input_ids)
     if isinstance(input_ids, torch.Tensor):
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
@@ -78,10 +98,7 @@ def _as_rows(input_ids, attention_mask) -> list[list[int]]:
         raise ValueError("attention_mask: only meaningful with a tensor input_ids")
     if isinstance(input_ids, Sequence) and input_ids and all(isinstance(t, int) for t in input_ids):
         return [list(input_ids)]
-    rows = []
-    for row in input_ids:
-        rows.append(row.tolist() if isinstance(row, torch.Tensor) else [int(t) for t in row])
-    return rows
+    return [_ids_of(row) for row in input_ids]
 
 
 class _Run:
