@@ -60,3 +60,22 @@ def test_stream_blocks_rebuild_generate_output(llada_tiny):
     for c in chunks:
         assert c.tokens.tolist() == out.sequences[:, c.start : c.end].tolist()
     assert chunks[-1].nfe == out.nfe
+
+
+def test_cancelled_row_stops_and_others_are_unaffected(llada_tiny):
+    cfg = sd.DecodeConfig.preset("vanilla", gen_length=64, block_length=16)
+    prompts = _prompts("llada", 3)
+    full = sd.generate(llada_tiny, prompts, cfg)
+    steps = {"n": 0}
+
+    def cancelled(row: int) -> bool:
+        steps["n"] += row == 0
+        return row == 1 and steps["n"] >= 3
+
+    chunks = list(sd.stream(llada_tiny, prompts, cfg, cancelled=cancelled))
+    assert chunks[0].finished[1] and not chunks[0].finished[0]
+    for c in chunks:
+        assert c.tokens[0].tolist() == full.sequences[0, c.start : c.end].tolist()
+        assert c.tokens[2].tolist() == full.sequences[2, c.start : c.end].tolist()
+    # Row 1 left after its third step: most of its first block is still masked.
+    assert (chunks[0].tokens[1] == llada_tiny.mask_id).sum() >= 12

@@ -8,7 +8,7 @@ own masks, thresholds and early exit, and rows that need no forward are left out
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -104,8 +104,11 @@ def _as_rows(input_ids, attention_mask) -> list[list[int]]:
 class _Run:
     """State of one batched decode (built once, consumed by ``blocks``)."""
 
-    def __init__(self, model: DiffusionLM, input_ids, cfg: DecodeConfig, attention_mask, seeds) -> None:
+    def __init__(
+        self, model: DiffusionLM, input_ids, cfg: DecodeConfig, attention_mask, seeds, cancelled=None
+    ) -> None:
         self.model, self.cfg = model, cfg
+        self.cancelled: Callable[[int], bool] | None = cancelled
         self.traits = model.traits
         self.mask_id = cfg.mask_id if cfg.mask_id is not None else model.mask_id
         self.eos_id = cfg.eos_id if cfg.eos_id is not None else model.eos_id
@@ -234,6 +237,11 @@ class _Run:
             step += 1
 
             still = (xa[:, s:e] == self.mask_id).any(-1)
+            if self.cancelled is not None:
+                gone = [j for j, row in enumerate(act.tolist()) if self.cancelled(row)]
+                if gone:
+                    self.done[act[gone]] = True
+                    still[gone] = False
             if not bool(still.any()):
                 return
             if not bool(still.all()):
@@ -295,9 +303,14 @@ def stream(
     *,
     attention_mask: torch.Tensor | None = None,
     seeds: list[int] | None = None,
+    cancelled: Callable[[int], bool] | None = None,
 ) -> Iterator[BlockChunk]:
-    """Decode and yield each block as soon as it is final."""
-    yield from _inference(_Run(model, input_ids, config, attention_mask, seeds))
+    """Decode and yield each block as soon as it is final.
+
+    ``cancelled(row)`` is asked after every step; a row it answers True for stops decoding at once
+    (its remaining positions stay masked and it is reported finished), freeing its compute.
+    """
+    yield from _inference(_Run(model, input_ids, config, attention_mask, seeds, cancelled))
 
 
 def _inference(run: _Run) -> Iterator[BlockChunk]:

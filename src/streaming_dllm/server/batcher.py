@@ -107,8 +107,12 @@ class Batcher:
                 raise APIError(503, "the server is shutting down", code="shutting_down")
             if len(self._pending) >= self.limits.max_queue:
                 self.metrics.rejected.inc()
-                raise APIError(429, f"the server is busy ({len(self._pending)} requests queued, limit "
-                               f"{self.limits.max_queue}); retry later", code="queue_full")
+                raise APIError(
+                    429,
+                    f"the server is busy ({len(self._pending)} requests queued, limit "
+                    f"{self.limits.max_queue}); retry later",
+                    code="queue_full",
+                )
             self._pending.append(job)
             self.metrics.queue_depth.set(len(self._pending))
             self._cv.notify()
@@ -130,8 +134,11 @@ class Batcher:
             if self._stopping:
                 return None
             deadline = time.perf_counter() + lim.batch_wait_ms / 1000
-            while (not self._stopping and sum(len(j.plan.rows) for j in self._pending) < lim.max_batch_size
-                   and (left := deadline - time.perf_counter()) > 0):
+            while (
+                not self._stopping
+                and sum(len(j.plan.rows) for j in self._pending) < lim.max_batch_size
+                and (left := deadline - time.perf_counter()) > 0
+            ):
                 self._cv.wait(left)
             if self._stopping or not self._pending:
                 return None if self._stopping else []
@@ -179,7 +186,10 @@ class Batcher:
         done = [False] * len(rows)
         posted, nfe = skip, 0
         self.metrics.batch_rows.observe(len(rows))
-        blocks = stream(self.model, rows, batch[0].plan.cfg, seeds=seeds)
+        owner = [job for job in batch for _ in job.plan.rows]
+        blocks = stream(
+            self.model, rows, batch[0].plan.cfg, seeds=seeds, cancelled=lambda r: owner[r].cancelled
+        )
         try:
             for chunk in blocks:
                 nfe = chunk.nfe
