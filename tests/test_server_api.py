@@ -10,11 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-import torch
 from server_helpers import LiveServer, load_served_model
 
 import streaming_dllm as sd
-from streaming_dllm import BlockChunk
 from streaming_dllm.server import Limits, ServerSettings
 from streaming_dllm.server import batcher as batcher_module
 
@@ -194,42 +192,45 @@ def test_sse_wire_format(server):
 
 @pytest.mark.parametrize("stream", [True, False])
 def test_client_disconnect_frees_the_batch(model_tok, monkeypatch, stream):
-    """A client that leaves early (after the first block, or by timing out) stops its batch at the
-    next block boundary. The engine is replaced by one that never emits an end token and takes
-    50 ms a block, so that only the disconnect can end the batch early."""
-    state = {"blocks": 0, "closed": False}
+    """A client that times out mid-block leaves: its row stops decoding within a step.
 
-    def endless(model, rows, cfg, seeds=None):
+    The real engine decodes with the vanilla method (one token per forward, no early exit) and
+    256-token blocks, so the first block alone costs 256 forwards; a forward hook on the served
+    model counts how many actually ran before the engine let go of the request."""
+    state = {"forwards": 0, "closed": False}
+    real_stream = batcher_module.stream
+
+    def watched(*args, **kwargs):
         try:
-            for c in range(cfg.num_blocks):
-                time.sleep(0.05)
-                state["blocks"] = c + 1
-                tokens = torch.full((len(rows), cfg.block_length), 10)
-                yield BlockChunk(c, c * cfg.block_length, (c + 1) * cfg.block_length, tokens,
-                                 [c == cfg.num_blocks - 1] * len(rows), c + 1)
+            yield from real_stream(*args, **kwargs)
         finally:
             state["closed"] = True
 
-    monkeypatch.setattr(batcher_module, "stream", endless)
-    settings = ServerSettings(model_name=MODEL, shared_overrides={"block_length": 8},
-                              limits=Limits(max_tokens=1024))
-    with LiveServer(*model_tok, settings) as srv:
-        body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 1024, "stream": stream}
-        if stream:
-            with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=60) as r:
-                next(r.iter_lines())
-        else:
+    monkeypatch.setattr(batcher_module, "stream", watched)
+    model = model_tok[0]
+    hook = model.register_forward_pre_hook(lambda *_: state.__setitem__("forwards", state["forwards"] + 1))
+    settings = ServerSettings(model_name=MODEL, limits=Limits(max_tokens=1024))
+    try:
+        with LiveServer(*model_tok, settings) as srv:
+            body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 512, "stream": stream,
+                    "method": "vanilla", "block_length": 256}
             with pytest.raises(httpx.ReadTimeout):
-                httpx.post(srv.url + "/v1/completions", json=body, timeout=0.5)
-        deadline = time.monotonic() + 20
-        while not state["closed"] and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert state["closed"] and state["blocks"] < 128 / 4, state  # 128 blocks make the full answer
-        assert httpx.get(srv.url + "/health").json()["running"] == 0
-        metrics = httpx.get(srv.url + "/metrics").text
-        assert "sdllm_client_disconnects_total 1.0" in metrics
-        assert "sdllm_rows_released_early_total 1.0" in metrics
-        assert "sdllm_forward_passes_total" in metrics
+                if stream:
+                    with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=0.5) as r:
+                        next(r.iter_lines())
+                else:
+                    httpx.post(srv.url + "/v1/completions", json=body, timeout=0.5)
+            deadline = time.monotonic() + 60
+            while not state["closed"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert state["closed"], "the engine never let go of the abandoned request"
+            assert 0 < state["forwards"] < 256, state
+            assert httpx.get(srv.url + "/health").json()["running"] == 0
+            metrics = httpx.get(srv.url + "/metrics").text
+            assert "sdllm_client_disconnects_total 1.0" in metrics
+            assert "sdllm_forward_passes_total" in metrics
+    finally:
+        hook.remove()
 
 
 def test_server_serves_after_a_disconnect(server, client):
