@@ -17,8 +17,12 @@ from streaming_dllm.server import Limits, ServerSettings
 from streaming_dllm.server import batcher as batcher_module
 
 MODEL = "builtin"
-PROMPT = "Tom has 12 apples. Tom finds 7 more apples. How many apples does Tom have now?"
-MESSAGES = [{"role": "user", "content": PROMPT}]
+QUESTION = "Tom has 12 apples. Tom finds 7 more apples. How many apples does Tom have now?"
+# /v1/completions takes raw text: the built-in model answers a question in its chat format.
+PROMPT = sd.load_tokenizer("builtin").apply_chat_template(
+    [{"role": "user", "content": QUESTION}], add_generation_prompt=True, tokenize=False
+)
+MESSAGES = [{"role": "user", "content": QUESTION}]
 
 
 @pytest.fixture(scope="module")

@@ -211,10 +211,10 @@ def test_engine_failure_fails_only_its_request(model_tok, monkeypatch):
     poison = [5, 6, 7, 8, 9]
     real = batcher_module.stream
 
-    def flaky(model, rows, cfg, seeds=None):
+    def flaky(model, rows, cfg, **kwargs):
         if poison in rows:
             raise RuntimeError("engine failure for the poisoned prompt")
-        yield from real(model, rows, cfg, seeds=seeds)
+        yield from real(model, rows, cfg, **kwargs)
 
     monkeypatch.setattr(batcher_module, "stream", flaky)
     settings = ServerSettings(model_name=MODEL, shared_overrides={"block_length": 8},
