@@ -34,7 +34,7 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny sizes (about a minute): CI smoke test")
     p.add_argument("--n", type=int, default=None, help="prompts per method (default 16; quick 2)")
     p.add_argument("--n-slow", type=int, default=None,
-                   help="prompts for vanilla and prefix-cache, one forward per token (default 4; quick 1)")
+                   help="prompts for vanilla and prefix-cache, one forward per token (default 3; quick 1)")
     p.add_argument("--n-sweep", type=int, default=None, help="prompts per W / alpha value (default 8)")
     p.add_argument("--block-length", type=int, default=None, help="block length (default 32)")
     p.add_argument("--batch-size", type=int, default=1, help="prompts per generate call (default 1)")
@@ -68,12 +68,13 @@ def _groups(args: argparse.Namespace, sizes: suites.Sizes):
 
 def plan_text(groups, sizes: suites.Sizes) -> str:
     """One line per method: table, label, prompts, and why fewer; identical runs counted once."""
-    lines, seen, decodes = [], set(), 0
-    for g in groups:
-        for m in g.methods:
-            n = min(sizes.n, m.n or sizes.n)
-            again = m.key in seen
-            seen.add(m.key)
+    lines, seen, decodes = [], {}, 0
+    for gi, g in enumerate(groups):
+        ns = [min(sizes.n, m.n or sizes.n) for m in g.methods]
+        sources = {seen.get((m.key, n)) for m, n in zip(g.methods, ns, strict=True)}
+        again = len(sources) == 1 and None not in sources
+        for m, n in zip(g.methods, ns, strict=True):
+            seen.setdefault((m.key, n), gi)
             decodes += 0 if again else n
             extra = (f" ({m.note})" if m.note else "") + (" [reused]" if again else "")
             lines.append(f"{g.suite:9} {g.name:16} {m.label:24} n={n}{extra}")

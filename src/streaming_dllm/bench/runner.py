@@ -165,22 +165,23 @@ def _reuse(ctx: BenchContext, method: Method, n: int) -> tuple[str, MethodResult
 def run_group(
     ctx: BenchContext, group: Group, tick: Callable[[str], None] | None = None
 ) -> list[MethodResult]:
-    """Decode the group's prompts with every method, interleaved; reuse identical earlier runs."""
-    results: list[MethodResult] = []
-    todo: list[MethodResult] = []
-    for m in group.methods:
-        n = min(len(ctx.problems), m.n or len(ctx.problems))
-        reused = _reuse(ctx, m, n)
-        if reused is not None:
-            res = reused[1]
-            res.method = m
+    """Decode the group's prompts with every method, interleaved.
+
+    A group whose every method was already decoded together in one earlier group (e.g. the
+    length table at 512 = the main table at 512) reuses those results. A partial match is run
+    afresh: figures timed at another moment must not be mixed into one table.
+    """
+    sizes = [min(len(ctx.problems), m.n or len(ctx.problems)) for m in group.methods]
+    hits = [_reuse(ctx, m, n) for m, n in zip(group.methods, sizes, strict=True)]
+    if all(hits) and len({h[0] for h in hits}) == 1:
+        for m, n, h in zip(group.methods, sizes, hits, strict=True):
+            h[1].method = m
             if tick:
                 for _ in _batches(n, ctx.batch_size):
                     tick(f"{m.label} (reused)")
-        else:
-            res = MethodResult(m, n)
-            todo.append(res)
-        results.append(res)
+        return [h[1] for h in hits]
+    results = [MethodResult(m, n) for m, n in zip(group.methods, sizes, strict=True)]
+    todo = results
     if ctx.warmup:
         for res in todo:
             _warm_up(ctx, res.method)

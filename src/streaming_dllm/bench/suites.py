@@ -26,7 +26,7 @@ class Sizes:
     """Prompt counts and lengths of a run."""
 
     n: int = 16
-    n_slow: int = 4
+    n_slow: int = 3
     n_sweep: int = 8
     n_cap: dict[int, int] = field(default_factory=lambda: {1024: 6, 2048: 3})
     n_slow_cap: dict[int, int] = field(default_factory=lambda: {1024: 1, 2048: 1})
