@@ -70,7 +70,9 @@ def length_plot(record: dict[str, Any], out: Path) -> str | None:
     xs = [g["gen_length"] for g in groups]
     for label in labels:
         ms = [next((m for m in g["methods"] if m["label"] == label), None) for g in groups]
-        left.plot(xs, [m and m["summary"]["throughput_tok_s"] for m in ms], marker="o", label=label)
+        tput = [m and m["summary"]["throughput_tok_s"] for m in ms]
+        tput = [t if t else None for t in tput]  # 0 tokens/s has no place on a log axis
+        left.plot(xs, tput, marker="o", label=label)
         if label != "vanilla":
             line = right.plot(xs, [m and m["speedup_vs_vanilla"] for m in ms], marker="o",
                               label=f"{label}, tokens/s")[0]
