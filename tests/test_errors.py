@@ -217,3 +217,13 @@ def test_tokenizer_encodings_are_accepted_and_bad_rows_named(llada_tiny):
     assert encoded.sequences.tolist() == plain.sequences.tolist() == batch_encoding.sequences.tolist()
     with pytest.raises(ValueError, match="sequence of integer token ids"):
         sd.generate(llada_tiny, [["input_ids"]], cfg)
+
+
+def test_loaded_weights_do_not_follow_the_file(tmp_path):
+    folder = _copy_checkpoint(tmp_path)
+    model = sd.load_model(folder)
+    before = model.model.transformer.wte.weight.clone()
+    state = dict(model.state_dict())
+    state["model.transformer.wte.weight"] = torch.zeros_like(before)
+    save_file({k: v.clone() for k, v in state.items()}, str(folder / "model.safetensors"))
+    assert torch.equal(model.model.transformer.wte.weight, before)

@@ -125,7 +125,8 @@ def _read_weights(path: Path, dtype: torch.dtype, device: torch.device) -> dict[
         out = {}
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for key in f.keys():
-                out[key] = f.get_tensor(key).to(device=device, dtype=dtype)
+                # copy=True: never keep parameters backed by the file (a rewrite of it would change them)
+                out[key] = f.get_tensor(key).to(device=device, dtype=dtype, copy=True)
         return out
     state = torch.load(path, map_location="cpu", weights_only=True)
     return {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
