@@ -189,21 +189,20 @@ class _Run:
         pos = self.positions.index_select(0, act)[:, kept]
         keys = None if self.key_valid is None else self.key_valid.index_select(0, act)[:, kept]
         gens = None if self.generators is None else [self.generators[i] for i in act.tolist()]
-        steps_per_block = cfg.steps_per_block
         schedule = None
         if cfg.unmask == "steps" and traits.schedule == "even":
-            schedule = policies.even_schedule((xa[:, s:e] == self.mask_id).sum(-1), steps_per_block)
+            schedule = policies.even_schedule((xa[:, s:e] == self.mask_id).sum(-1), cfg.steps_per_block)
         cache: KVCache | None = None
         step = 0
         while True:
             block_start = step == 0
-            if cfg.cache == "none" or block_start:
+            full_feed = cfg.cache == "none" or block_start  # the kept columns from 0, else a chunk from s
+            if full_feed:
                 if cfg.cache != "none":
                     cache = model.new_cache()
                     cache.store()
                 feed = xa[:, kept]
                 feed_pos = pos
-                fed_from = s  # kept columns >= s are fed
                 rows = slice(s - 1, e - 1) if traits.logit_shift else slice(s, e)
             else:
                 if cfg.cache == "prefix":
@@ -212,10 +211,9 @@ class _Run:
                 else:
                     cache.replace(s, e)
                     feed, feed_pos = xa[:, s:e], pos[:, s:e]
-                fed_from = None
                 rows = slice(0, max(e - s - 1, 1)) if traits.logit_shift else slice(0, e - s)
             logits = model(feed, feed_pos, cache=cache, key_mask=keys, logits_rows=rows)
-            if traits.logit_shift and fed_from is None:
+            if traits.logit_shift and not full_feed:
                 logits = torch.cat([logits[:, :1], logits[:, : e - s - 1]], dim=1)
             if block_start and cfg.cache == "prefix":
                 cache.crop(s)
@@ -226,10 +224,8 @@ class _Run:
 
             block = xa[:, s:e]
             cand = block == self.mask_id
-            if fed_from is not None:
-                masked_fed = (feed[:, s:] == self.mask_id).sum(-1)
-            else:
-                masked_fed = (feed == self.mask_id).sum(-1)
+            fed_from_block = feed[:, s:] if full_feed else feed
+            masked_fed = (fed_from_block == self.mask_id).sum(-1)
             ratio = masked_fed.to(torch.float64) / (n_kept - s)
             commit, x0 = self._commit(logits, cand, ratio, step, block_start, schedule, gens)
             xa[:, s:e] = torch.where(commit, x0, block)
