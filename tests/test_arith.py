@@ -38,18 +38,30 @@ def test_unknown_split_is_refused():
 
 
 def _check_solution(p: arith.Problem) -> int:
-    lines = p.solution.split("\n")
-    assert lines[-1] == f"The answer is {p.answer}."
+    """Steps follow the story: key phrase from the sentence, then the equations; returns the op count."""
+    story = re.split(r"(?<=[.?]) ", p.prompt)
+    steps = re.split(r"(?<=\.) ", p.solution)
+    cur = int(re.search(r"\d+", story[0])[0])
+    assert steps[0] == f"Start with {cur}."
+    assert steps[-1] == f"The answer is {p.answer}."
     ops = {"+": int.__add__, "-": int.__sub__, "*": int.__mul__, "/": int.__floordiv__}
-    for line in lines[:-1]:
-        m = re.fullmatch(r"(\d+) ([-+*/]) (\d+) = (\d+)\.", line)
-        assert m, line
-        a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
-        assert ops[op](a, b) == c
-        if op == "/":
-            assert a % b == 0
-        assert 0 < c <= arith.MAX_VALUE
-    return len(lines) - 1
+    n_ops = 0
+    for sentence, step in zip(story[1:-1], steps[1:-1], strict=True):
+        phrase, work = step.split(", so ")
+        assert phrase in sentence, (phrase, sentence)
+        for eq in work.rstrip(".").split(" and "):
+            m = re.fullmatch(r"(\d+) ([-+*/]) (\d+) = (\d+)", eq)
+            assert m, step
+            a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+            assert ops[op](a, b) == c
+            if op == "/":
+                assert a % b == 0
+            assert 0 < c <= arith.MAX_VALUE
+            n_ops += 1
+        assert int(work.split(" and ")[-1].split()[0]) == cur  # each step starts from the last value
+        cur = c
+    assert cur == p.answer
+    return n_ops
 
 
 def test_solutions_are_correct_worked_equations_with_2_to_4_operations():

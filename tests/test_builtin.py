@@ -40,15 +40,20 @@ def test_special_ids_agree_between_config_and_tokenizer(model, tok):
     assert model.config["embedding_size"] >= len(tok)
 
 
-def test_chat_template_and_digit_tokens(tok):
-    text = tok.apply_chat_template([{"role": "user", "content": "Tom has 123 apples."}],
+def test_chat_template_and_number_tokens(tok):
+    text = tok.apply_chat_template([{"role": "user", "content": "Tom has 23 apples."}],
                                    add_generation_prompt=True, tokenize=False)
-    assert text == "<|user|>\nTom has 123 apples.<|eot|><|assistant|>\n"
+    assert text == "<|user|>\nTom has 23 apples.<|eot|><|assistant|>\n"
     ids = tok(text, add_special_tokens=False)["input_ids"]
     pieces = tok.convert_ids_to_tokens(ids)
     assert pieces[0] == "<|user|>" and pieces[-2:] == ["<|assistant|>", "Ċ"]
-    assert ["1", "2", "3"] == [p for p in pieces if p.isdigit()]
-    assert tok.decode(ids, skip_special_tokens=True) == "\nTom has 123 apples.\n"
+    assert ["Ġ23"] == [p for p in pieces if any(c.isdigit() for c in p)]
+    assert tok.decode(ids, skip_special_tokens=True) == "\nTom has 23 apples.\n"
+
+
+def test_every_task_number_is_one_token(tok):
+    for n in range(arith.MAX_VALUE + 1):
+        assert len(tok(f" {n}", add_special_tokens=False)["input_ids"]) == 1, n
 
 
 def test_tokenizer_loads_from_the_folder_too(tok):

@@ -65,7 +65,7 @@ def test_generate_with_builtin_prints_answer_and_summary():
     res = _run(
         "generate",
         "--prompt",
-        "Tom has 3 boxes with 4 pens in each box. How many pens does Tom have?",
+        "Mia has 12 apples. Mia buys 7 apples. Mia gives 5 apples to Tom. How many apples does Mia have now?",
         "--device",
         "cpu",
         "--method",

@@ -29,6 +29,8 @@ from streaming_dllm.tasks import arith, arith_eval  # noqa: E402
 
 # The checkpoint under test: the shipped built-in model (override for development only).
 MODEL = os.environ.get("STREAMING_DLLM_LM_EVAL_MODEL", "builtin")
+# The harness's console script of this interpreter's environment.
+LM_EVAL = str(Path(sys.executable).with_name("lm_eval"))
 needs_model = pytest.mark.skipif(
     MODEL == "builtin" and not (BUILTIN_DIR / "config.json").is_file(),
     reason="built-in checkpoint not present in src/streaming_dllm/builtin",
@@ -81,6 +83,16 @@ def test_entry_point_declared_and_resolves():
     eps = {ep.name: ep for ep in entry_points(group="lm_eval.models")}
     assert "streaming-dllm" in eps, "reinstall the package (pip install -e .) to refresh entry points"
     assert eps["streaming-dllm"].load() is StreamingDLLMEval
+
+
+def test_plain_lm_eval_finds_the_model_through_the_startup_hook():
+    """A fresh interpreter (what the ``lm_eval`` command is) resolves our model by name."""
+    code = ("from lm_eval.api.registry import get_model, model_registry; "
+            "print(get_model('streaming-dllm').__name__, model_registry._objs['hf'])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    hint = "reinstall the package (pip install -e .) to install the .pth hook\n"
+    assert proc.returncode == 0, hint + proc.stderr
+    assert proc.stdout.split() == ["StreamingDLLMEval", "lm_eval.models.huggingface:HFLM"]
 
 
 def test_register_plugins_makes_model_resolvable():
@@ -160,8 +172,8 @@ def test_loglikelihood_ranks_the_right_answer_first(lm):
     ranked_first = 0
     probs = arith.problems("test", n=4)
     for p in probs:
-        work = p.solution.rsplit("\n", 1)[0]
-        context = _chat(lm, p) + work + "\n"
+        work = p.solution.rsplit(" The answer is", 1)[0]
+        context = _chat(lm, p) + work
         wrong = [p.answer + 1, p.answer + 10, max(0, p.answer - 7)]
         choices = [p.answer] + [w for w in wrong if w != p.answer]
         scores = [ll for ll, _ in lm.loglikelihood([Req((context, f"The answer is {c}.")) for c in choices])]
@@ -187,7 +199,9 @@ def test_harness_cli_offline_accuracy_equals_our_decoding(tmp_path):
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     model_args = f"pretrained={MODEL},method=streaming,gen_length={gen_length},window={window},mc_num=8"
     tasks = "streaming-dllm-arith,streaming-dllm-arith-mc"
-    cmd = [sys.executable, "-m", "streaming_dllm.lm_eval_adapter", "--model", "streaming-dllm"]
+    # The harness's own command: the model is found through our entry point, the tasks through
+    # --include_path (streaming-dllm-eval would add it by itself).
+    cmd = [LM_EVAL, "--model", "streaming-dllm", "--include_path", str(TASKS_DIR)]
     cmd += ["--model_args", model_args, "--tasks", tasks, "--limit", str(n), "--apply_chat_template"]
     cmd += ["--batch_size", "8", "--device", "cpu", "--log_samples", "--output_path", str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)

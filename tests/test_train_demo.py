@@ -40,6 +40,9 @@ def test_train_resume_export_and_load(tmp_path):
     logits = model(torch.tensor([ids]), torch.arange(len(ids))[None])
     assert logits.shape == (1, len(ids), config["embedding_size"])
     assert torch.isfinite(logits).all()
+    t = model.model.transformer  # trained tied, stored as two equal matrices of a plain LLaDA checkpoint
+    assert torch.equal(t.wte.weight, t.ff_out.weight)
+    assert t.wte.weight.data_ptr() != t.ff_out.weight.data_ptr()
 
 
 def test_batches_keep_prompt_unmasked_and_pad_with_eos():

@@ -34,6 +34,6 @@ def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]
 def mc_choices(doc: dict[str, Any]) -> list[str]:
     """The worked solution ending in the right answer (index 0), then three wrong final answers."""
     answer = int(doc["answer"])
-    work = doc["solution"].rsplit("\n", 1)[0]
+    work = doc["solution"].rsplit(" The answer is", 1)[0]
     wrong = [answer + 1, answer + 10, answer - 7 if answer >= 7 else answer + 3]
-    return [f"{work}\nThe answer is {x}." for x in [answer, *wrong]]
+    return [f"{work} The answer is {x}." for x in [answer, *wrong]]

@@ -1,9 +1,11 @@
 """Arithmetic word problems: a seeded generator, fixed splits and an exact-match scorer.
 
 The task exists so the built-in model has something real to be right or wrong about. Problems
-are short stories with 2 to 4 operations (+, -, *, /) on numbers below 100; the reference
-answer is one equation per line and a final ``The answer is N.`` line, so answer length varies
-with the number of operations.
+are short stories with 2 to 4 operations (+, -, *, /) on whole numbers from 1 to ``MAX_VALUE``
+(added or taken amounts up to ``MAX_OPERAND``); the reference answer takes the story's steps in
+order, each named by its key phrase from the story and followed by its equation (``uses 10, so
+11 - 10 = 1.``), and ends with ``The answer is N.``, so answer length varies with the number of
+operations.
 
 Splits are versioned (``VERSION``): dev and test are shipped as JSON lines in ``tasks/data``;
 train is the generator's stream from a fixed seed with every dev/test prompt removed.
@@ -18,12 +20,13 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 
-VERSION = "v1"
+VERSION = "v3"
 DATA_DIR = Path(__file__).parent / "data"
 SPLITS = ("train", "dev", "test")
 SPLIT_SIZES = {"train": 200_000, "dev": 200, "test": 500}
 _SPLIT_SEEDS = {"train": 0, "dev": 1_000_002, "test": 1_000_001}
-MAX_VALUE = 99
+MAX_VALUE = 60
+MAX_OPERAND = 20
 
 NAMES = [
     "Tom", "Mia", "Sam", "Ava", "Leo", "Zoe", "Max", "Lily", "Ben", "Emma", "Noah", "Ella",
@@ -37,35 +40,41 @@ OBJECTS = [
 ]
 CONTAINERS = ["bags", "boxes", "packs", "jars", "baskets", "bowls", "cans", "crates"]
 
+# Each template is (story sentence, key phrase). The worked solution names a step by its key
+# phrase: the words just before the number in the story, then the number, so the phrase is the
+# story's own tokens. No verb serves two operations, and a problem uses each template at most once.
 _ADD = [
-    "{a} finds {x} more {o}.",
-    "{a} buys {x} {o}.",
-    "{b} gives {a} {x} {o}.",
-    "{a} gets {x} more {o} from {b}.",
-    "{a} wins {x} {o} at the fair.",
+    ("{a} finds {x} more {o}.", "finds {x}"),
+    ("{a} buys {x} {o}.", "buys {x}"),
+    ("{a} receives {x} {o} from {b}.", "receives {x}"),
+    ("{a} gets {x} more {o} from {b}.", "gets {x}"),
+    ("{a} wins {x} {o} at the fair.", "wins {x}"),
 ]
 _SUB = [
-    "{a} gives {x} {o} to {b}.",
-    "{a} loses {x} {o}.",
-    "{a} sells {x} {o}.",
-    "{b} takes {x} {o} from {a}.",
-    "{a} uses {x} of the {o}.",
+    ("{a} gives {x} {o} to {b}.", "gives {x}"),
+    ("{a} loses {x} {o}.", "loses {x}"),
+    ("{a} sells {x} {o}.", "sells {x}"),
+    ("{b} takes {x} {o} from {a}.", "takes {x}"),
+    ("{a} uses {x} of the {o}.", "uses {x}"),
 ]
 _MUL = {
-    2: ["The number of {o} {a} has doubles.", "{a} ends up with twice as many {o}."],
-    3: ["The number of {o} {a} has triples.", "{a} ends up with three times as many {o}."],
-    4: ["{a} ends up with four times as many {o}."],
-    5: ["{a} ends up with five times as many {o}."],
+    2: [("The number of {o} {a} has doubles.", "doubles"),
+        ("{a} ends up with twice as many {o}.", "twice as many")],
+    3: [("The number of {o} {a} has triples.", "triples"),
+        ("{a} ends up with three times as many {o}.", "three times as many")],
+    4: [("{a} ends up with four times as many {o}.", "four times as many")],
+    5: [("{a} ends up with five times as many {o}.", "five times as many")],
 }
 _DIV = {
-    2: ["{a} splits the {o} into 2 equal piles and keeps one.", "{a} gives half of the {o} to {b}."],
-    3: ["{a} splits the {o} into 3 equal piles and keeps one."],
-    4: ["{a} splits the {o} into 4 equal piles and keeps one."],
-    5: ["{a} splits the {o} into 5 equal piles and keeps one."],
+    2: [("{a} splits the {o} into 2 equal piles and keeps one.", "into 2 equal piles"),
+        ("{a} gives half of the {o} to {b}.", "half")],
+    3: [("{a} splits the {o} into 3 equal piles and keeps one.", "into 3 equal piles")],
+    4: [("{a} splits the {o} into 4 equal piles and keeps one.", "into 4 equal piles")],
+    5: [("{a} splits the {o} into 5 equal piles and keeps one.", "into 5 equal piles")],
 }
 _GROUP = [
-    "{a} buys {k} {c} with {m} {o} in each.",
-    "{b} gives {a} {k} {c} of {o} with {m} in each.",
+    ("{a} orders {k} {c} with {m} {o} in each.", "orders {k} {c} with {m}"),
+    ("{a} fills {k} {c} with {m} {o} each.", "fills {k} {c} with {m}"),
 ]
 _START = ["{a} has {x} {o}.", "{a} starts with {x} {o}.", "There are {x} {o} in {a}'s room."]
 _QUESTION = [
@@ -87,54 +96,67 @@ class Problem:
         return json.dumps(asdict(self), sort_keys=True)
 
 
+def _divides(k: int, cur: int) -> bool:
+    """Whether ``cur`` splits into ``k`` equal piles of at least 2."""
+    return cur % k == 0 and cur >= 2 * k
+
+
 def _one(rng: random.Random) -> Problem:
-    """Draw one problem: a start value, then 2-4 equations, each keeping values in 1..MAX_VALUE."""
+    """Draw one problem: a start value, then 2-4 operations, each keeping values in 1..MAX_VALUE.
+
+    The solution starts from the first number (``Start with 11.``), then takes the story's steps
+    in order: each step is its key phrase, then its equation(s), e.g. ``uses 10, so 11 - 10 =
+    1.``; the last sentence is ``The answer is N.``
+    """
     a, b = rng.sample(NAMES, 2)
     o = rng.choice(OBJECTS)
     n_ops = rng.choice((2, 3, 4))
-    cur = rng.randint(2, 60) if rng.random() < 0.8 else rng.randint(2, 9)
-    story = [rng.choice(_START).format(a=a, x=cur, o=o)]
-    lines: list[str] = []
-    while len(lines) < n_ops:
+    cur = rng.randint(2, 40) if rng.random() < 0.8 else rng.randint(2, 9)
+    story, steps = [rng.choice(_START).format(a=a, x=cur, o=o)], [f"Start with {cur}."]
+    used: set[str] = set()
+
+    def pick(options):
+        free = [t for t in options if t[0] not in used]
+        return rng.choice(free) if free else None
+
+    ops = 0
+    while ops < n_ops:
         kinds = ["add", "sub"] * 2
-        if cur <= MAX_VALUE // 2:
+        if cur * 2 <= MAX_VALUE:
             kinds.append("mul")
-        if any(cur % k == 0 and cur >= 2 * k for k in _DIV):
+        if any(_divides(k, cur) for k in _DIV):
             kinds.append("div")
-        if n_ops - len(lines) >= 2 and cur <= MAX_VALUE - 4:
+        if n_ops - ops >= 2 and cur <= MAX_VALUE - 4:
             kinds.append("group")
         kind = rng.choice(kinds)
-        if kind == "add" and cur < MAX_VALUE:
-            x = rng.randint(1, min(60, MAX_VALUE - cur))
-            story.append(rng.choice(_ADD).format(a=a, b=b, x=x, o=o))
-            lines.append(f"{cur} + {x} = {cur + x}.")
-            cur += x
-        elif kind == "sub" and cur > 1:
-            x = rng.randint(1, cur - 1)
-            story.append(rng.choice(_SUB).format(a=a, b=b, x=x, o=o))
-            lines.append(f"{cur} - {x} = {cur - x}.")
-            cur -= x
-        elif kind == "mul":
-            k = rng.choice([k for k in _MUL if cur * k <= MAX_VALUE])
-            story.append(rng.choice(_MUL[k]).format(a=a, o=o))
-            lines.append(f"{cur} * {k} = {cur * k}.")
-            cur *= k
-        elif kind == "div":
-            k = rng.choice([k for k in _DIV if cur % k == 0 and cur >= 2 * k])
-            story.append(rng.choice(_DIV[k]).format(a=a, b=b, o=o))
-            lines.append(f"{cur} / {k} = {cur // k}.")
-            cur //= k
-        elif kind == "group":
+        fields = {"a": a, "b": b, "o": o}
+        if kind == "add" and cur < MAX_VALUE and (t := pick(_ADD)):
+            x = fields["x"] = rng.randint(1, min(MAX_OPERAND, MAX_VALUE - cur))
+            work, cur, n = f"{cur} + {x} = {cur + x}", cur + x, 1
+        elif kind == "sub" and cur > 1 and (t := pick(_SUB)):
+            x = fields["x"] = rng.randint(1, min(MAX_OPERAND, cur - 1))
+            work, cur, n = f"{cur} - {x} = {cur - x}", cur - x, 1
+        elif kind == "mul" and (t := pick([t for k, ts in _MUL.items() if cur * k <= MAX_VALUE for t in ts])):
+            k = next(k for k in _MUL if t in _MUL[k])
+            work, cur, n = f"{cur} * {k} = {cur * k}", cur * k, 1
+        elif kind == "div" and (t := pick([t for k, ts in _DIV.items() if _divides(k, cur) for t in ts])):
+            k = next(k for k in _DIV if t in _DIV[k])
+            work, cur, n = f"{cur} / {k} = {cur // k}", cur // k, 1
+        elif kind == "group" and (t := pick(_GROUP)):
             room = MAX_VALUE - cur
-            k = rng.randint(2, min(6, room // 2))
-            m = rng.randint(2, min(12, room // k))
-            story.append(rng.choice(_GROUP).format(a=a, b=b, k=k, c=rng.choice(CONTAINERS), m=m, o=o))
-            lines.append(f"{k} * {m} = {k * m}.")
-            lines.append(f"{cur} + {k * m} = {cur + k * m}.")
-            cur += k * m
+            k = fields["k"] = rng.randint(2, min(4, room // 2))
+            m = fields["m"] = rng.randint(2, min(6, room // k))
+            fields["c"] = rng.choice(CONTAINERS)
+            work, cur, n = f"{k} * {m} = {k * m} and {cur} + {k * m} = {cur + k * m}", cur + k * m, 2
+        else:
+            continue
+        used.add(t[0])
+        story.append(t[0].format(**fields))
+        steps.append(f"{t[1].format(**fields)}, so {work}.")
+        ops += n
     story.append(rng.choice(_QUESTION).format(a=a, o=o))
-    lines.append(f"The answer is {cur}.")
-    return Problem(prompt=" ".join(story), answer=cur, solution="\n".join(lines))
+    steps.append(f"The answer is {cur}.")
+    return Problem(prompt=" ".join(story), answer=cur, solution=" ".join(steps))
 
 
 def generate(n: int, seed: int, exclude: set[str] | frozenset[str] = frozenset()) -> list[Problem]:

@@ -43,13 +43,17 @@ def encode_prompts(tokenizer, problems: list[arith.Problem]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
-def evaluate(model, tokenizer, problems: list[arith.Problem], config, batch_size: int = 25) -> EvalResult:
+def evaluate(model, tokenizer, problems: list[arith.Problem], config, batch_size: int = 25,
+             progress: bool = False) -> EvalResult:
     """Decode every problem with ``config`` (a ``DecodeConfig``) and score the answers."""
+    from tqdm import tqdm
+
     from ..engine import generate
 
     stop = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|eot|>")} - {None}
     correct, used, nfe = 0, [], 0
     start = time.perf_counter()
+    bar = tqdm(total=len(problems), desc=config.preset_name or "eval", disable=not progress, unit="problem")
     for i in range(0, len(problems), batch_size):
         chunk = problems[i : i + batch_size]
         out = generate(model, encode_prompts(tokenizer, chunk), config)
@@ -58,6 +62,9 @@ def evaluate(model, tokenizer, problems: list[arith.Problem], config, batch_size
             gen = out.generated(row)
             used.append(used_positions(gen, stop))
             correct += arith.score(tokenizer.decode(gen, skip_special_tokens=True), p.answer)
+        bar.update(len(chunk))
+        bar.set_postfix(acc=f"{correct / len(used):.3f}")
+    bar.close()
     return EvalResult(
         method=config.preset_name or "custom",
         n=len(problems),
@@ -84,13 +91,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--block-length", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=25)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model)
     tokenizer = load_tokenizer(model)
     config = DecodeConfig.preset(args.method, gen_length=args.gen_length, block_length=args.block_length)
-    result = evaluate(model, tokenizer, arith.problems(args.split, args.n), config, args.batch_size)
+    result = evaluate(model, tokenizer, arith.problems(args.split, args.n), config, args.batch_size,
+                      progress=not args.no_progress)
     print(json.dumps(asdict(result)))
 
 

@@ -1,13 +1,16 @@
 """A small byte-level BPE tokenizer for the built-in model, trained on the arithmetic task's text.
 
-Digits are always split into single tokens (``Digits(individual_digits=True)`` before the
-byte-level split): a tiny model learns column arithmetic far more easily over digit tokens than
-over a zoo of multi-digit merges. The chat format mirrors LLaDA-Instruct: a turn is
+Every task number (0 to ``arith.MAX_VALUE``) is one token: the model then copies a number from
+the story as one token and learns each step as one small lookup (``12 + 7`` -> ``19``), which a
+tiny model masters far sooner than column arithmetic with carries over digit tokens. The
+training text includes the number line so that every number gets its merge. The chat format
+mirrors LLaDA-Instruct: a turn is
 ``<|role|>\\n content <|eot|>`` and the reply is followed by ``<|endoftext|>`` padding.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,15 +29,16 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 640):
-    """Train the BPE on ``texts`` and wrap it as a ``transformers`` fast tokenizer."""
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 768, numbers: int | None = None):
+    """Train the BPE on ``texts`` and wrap it as a ``transformers`` fast tokenizer.
+
+    ``numbers``: if given, every `` N`` for N in 0..numbers must end up a single token (checked).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -43,7 +47,13 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 640):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(texts, trainer=trainer)
+    wanted = range(numbers + 1) if numbers is not None else range(0)
+    number_line = "".join(f" {n}" for n in wanted)
+    extra = [number_line] * 20 if number_line else []
+    tok.train_from_iterator(itertools.chain(texts, extra), trainer=trainer)
+    split = [n for n in wanted if len(tok.encode(f" {n}").ids) != 1]
+    if split:
+        raise ValueError(f"vocab_size={vocab_size} too small: numbers {split[:5]} are not single tokens")
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token=EOS,
