@@ -195,7 +195,9 @@ def _our_answers(model, tok, problems: list[arith.Problem], cfg: sd.DecodeConfig
 
 @needs_model
 def test_harness_cli_offline_accuracy_equals_our_decoding(tmp_path):
-    n, gen_length, window = 16, 128, 32
+    # 80 problems: the first ones the built-in model gets right are test problems 65 and 79, so the
+    # accuracies compared below are not zero.
+    n, gen_length, window = 80, 128, 32
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     model_args = f"pretrained={MODEL},method=streaming,gen_length={gen_length},window={window},mc_num=8"
     tasks = "streaming-dllm-arith,streaming-dllm-arith-mc"
