@@ -4,7 +4,7 @@ The objective is LLaDA's SFT recipe: the chat-templated prompt is never masked; 
 (worked solution, ``<|eot|>``, then ``<|endoftext|>`` padding up to the row's length) is masked
 token by token with probability t ~ U(eps, 1], and the cross-entropy on masked positions is
 weighted by 1/t and normalised by the response length. Padding lengths vary per batch (some up
-to 512 tokens), so the model learns to fill long generation regions with EOS as an instruct
+to 1024 tokens), so the model learns to fill long generation regions with EOS as an instruct
 dLLM does. Training is seeded and resumable: ``train_state.pt`` in ``--out`` is picked up
 automatically; the final checkpoint (config, safetensors, tokenizer) is written to ``--out``
 and, with ``--export DIR``, copied to DIR (``src/streaming_dllm/builtin`` for the shipped one).

@@ -9,28 +9,22 @@ one is given. Every ``lm_eval`` argument works the same way.
 from __future__ import annotations
 
 import sys
-from importlib.metadata import entry_points
 
 from ..lm_eval_tasks import TASKS_DIR
-
-ENTRY_POINT_GROUP = "lm_eval.models"
 
 
 def register_plugins() -> list[str]:
     """Register every installed ``lm_eval.models`` entry point the harness does not know yet.
 
-    Entries are lazy ("module:object" placeholders): a plugin is imported only when asked for,
-    and built-in models are never shadowed. Returns the names added.
+    The same registration the startup hook does (``streaming_dllm_lm_eval_hook``), run here
+    directly so this command also works where ``.pth`` files are skipped. Entries are lazy
+    ("module:object" placeholders) and built-in models are never shadowed. Returns the names added.
     """
     import lm_eval.models  # noqa: F401  (built-in models first, so they keep precedence)
-    from lm_eval.api.registry import model_registry
 
-    added = []
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in model_registry:
-            model_registry.register(ep.name, target=ep.value)
-            added.append(ep.name)
-    return added
+    from streaming_dllm_lm_eval_hook import register_entry_points
+
+    return register_entry_points()
 
 
 def with_task_path(argv: list[str]) -> list[str]:
