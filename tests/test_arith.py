@@ -1,5 +1,6 @@
 """The arithmetic task: fixed splits, fresh samples, consistent solutions and the scorer."""
 
+import random
 import re
 
 import pytest
@@ -96,3 +97,15 @@ def test_messages_are_one_user_turn():
 )
 def test_score(text, answer, ok):
     assert arith.score(text, answer) is ok
+
+
+def test_drill_sheets_cover_every_equation_the_problems_use():
+    table = {eq for eqs in arith.facts().values() for eq in eqs}
+    used = {eq for p in arith.problems("test") + arith.problems("dev")
+            for eq in re.findall(r"\d+ [-+*/] \d+ = \d+", p.solution)}
+    assert used <= table
+    sheet = arith.drill(random.Random(3), 12)
+    eqs = sheet.solution.rstrip(".").split(". ")
+    assert len(eqs) == 12 and set(eqs) <= table
+    assert sheet.answer == int(eqs[-1].split()[-1])
+    assert sheet == arith.drill(random.Random(3), 12)

@@ -62,9 +62,9 @@ def test_tokenizer_loads_from_the_folder_too(tok):
     assert Path(again.name_or_path).resolve() == BUILTIN_DIR.resolve()
 
 
-# The shipped checkpoint does not reach the target yet (see the closing note); the test runs
-# and reports XPASS once a checkpoint that solves the task is shipped.
-@pytest.mark.xfail(reason="shipped demo checkpoint is undertrained: below target accuracy", strict=False)
+# The shipped checkpoint is below the 70% target (about half the test problems right, see
+# builtin/TRAINING.md); the test runs and reports XPASS when these 8 happen to come out right.
+@pytest.mark.xfail(reason="shipped demo checkpoint is below the target accuracy", strict=False)
 @pytest.mark.parametrize("method", ["vanilla", "streaming"])
 def test_solves_most_test_problems_and_stops(model, tok, method):
     problems = arith.problems("test", N_PROBLEMS)

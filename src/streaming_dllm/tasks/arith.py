@@ -20,13 +20,13 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 
-VERSION = "v3"
+VERSION = "v4"
 DATA_DIR = Path(__file__).parent / "data"
 SPLITS = ("train", "dev", "test")
 SPLIT_SIZES = {"train": 200_000, "dev": 200, "test": 500}
 _SPLIT_SEEDS = {"train": 0, "dev": 1_000_002, "test": 1_000_001}
-MAX_VALUE = 60
-MAX_OPERAND = 20
+MAX_VALUE = 30
+MAX_OPERAND = 10
 
 NAMES = [
     "Tom", "Mia", "Sam", "Ava", "Leo", "Zoe", "Max", "Lily", "Ben", "Emma", "Noah", "Ella",
@@ -111,7 +111,7 @@ def _one(rng: random.Random) -> Problem:
     a, b = rng.sample(NAMES, 2)
     o = rng.choice(OBJECTS)
     n_ops = rng.choice((2, 3, 4))
-    cur = rng.randint(2, 40) if rng.random() < 0.8 else rng.randint(2, 9)
+    cur = rng.randint(2, MAX_VALUE - 5) if rng.random() < 0.8 else rng.randint(2, 9)
     story, steps = [rng.choice(_START).format(a=a, x=cur, o=o)], [f"Start with {cur}."]
     used: set[str] = set()
 
@@ -157,6 +157,35 @@ def _one(rng: random.Random) -> Problem:
     story.append(rng.choice(_QUESTION).format(a=a, o=o))
     steps.append(f"The answer is {cur}.")
     return Problem(prompt=" ".join(story), answer=cur, solution=" ".join(steps))
+
+
+@cache
+def facts() -> dict[str, tuple[str, ...]]:
+    """Every equation a problem can contain, by operation (``"7 + 5 = 12"``, ...)."""
+    add = [f"{a} + {b} = {a + b}" for a in range(1, MAX_VALUE) for b in range(1, MAX_VALUE - a + 1)]
+    sub = [f"{a} - {b} = {a - b}" for a in range(2, MAX_VALUE + 1)
+           for b in range(1, min(MAX_OPERAND, a - 1) + 1)]
+    mul = [f"{a} * {k} = {a * k}" for k in _MUL for a in range(1, MAX_VALUE // k + 1)]
+    mul += [f"{k} * {m} = {k * m}" for k in range(2, 5) for m in range(2, 7)]
+    div = [f"{a} / {k} = {a // k}" for k in _DIV for a in range(2 * k, MAX_VALUE + 1) if a % k == 0]
+    return {"add": tuple(add), "sub": tuple(sub), "mul": tuple(dict.fromkeys(mul)), "div": tuple(div)}
+
+
+DRILL_PROMPT = "Work out each equation."
+_DRILL_MIX = {"add": 0.4, "sub": 0.3, "mul": 0.15, "div": 0.15}
+
+
+def drill(rng: random.Random, n_equations: int) -> Problem:
+    """A practice sheet of ``n_equations`` facts (40% additions, 30% subtractions, 15% each of the rest).
+
+    Training mixes these in so the model sees every addition, subtraction, multiplication and
+    division fact the problems use many times, not only the ones a story happens to contain.
+    """
+    table = facts()
+    kinds = rng.choices(tuple(_DRILL_MIX), weights=tuple(_DRILL_MIX.values()), k=n_equations)
+    eqs = [rng.choice(table[k]) for k in kinds]
+    last = int(eqs[-1].rsplit(" ", 1)[1])
+    return Problem(prompt=DRILL_PROMPT, answer=last, solution=" ".join(e + "." for e in eqs))
 
 
 def generate(n: int, seed: int, exclude: set[str] | frozenset[str] = frozenset()) -> list[Problem]:

@@ -20,6 +20,7 @@ from . import arith
 class EvalResult:
     method: str
     n: int
+    correct: int
     accuracy: float
     median_used: float
     max_used: int
@@ -68,6 +69,7 @@ def evaluate(model, tokenizer, problems: list[arith.Problem], config, batch_size
     return EvalResult(
         method=config.preset_name or "custom",
         n=len(problems),
+        correct=correct,
         accuracy=correct / max(1, len(problems)),
         median_used=statistics.median(used) if used else 0.0,
         max_used=max(used, default=0),
@@ -86,7 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="builtin")
     parser.add_argument("--method", default="vanilla")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--n", type=int, default=None)
+    parser.add_argument("--n", type=int, default=None, help="how many problems (default: the whole split)")
+    parser.add_argument("--offset", type=int, default=0,
+                        help="skip this many problems first (to split one evaluation across processes)")
     parser.add_argument("--gen-length", type=int, default=256)
     parser.add_argument("--block-length", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=25)
@@ -98,7 +102,12 @@ def main(argv: list[str] | None = None) -> None:
     model = load_model(args.model)
     tokenizer = load_tokenizer(model)
     config = DecodeConfig.preset(args.method, gen_length=args.gen_length, block_length=args.block_length)
-    result = evaluate(model, tokenizer, arith.problems(args.split, args.n), config, args.batch_size,
+    problems = arith.problems(args.split)[args.offset :]
+    if args.n is not None:
+        problems = problems[: args.n]
+    if not problems:
+        parser.error(f"no problems left: the {args.split} split has {len(arith.problems(args.split))}")
+    result = evaluate(model, tokenizer, problems, config, args.batch_size,
                       progress=not args.no_progress)
     print(json.dumps(asdict(result)))
 
