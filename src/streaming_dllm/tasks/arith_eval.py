@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from . import arith
+from .tokenizer import EOT
 
 
 @dataclass
@@ -51,7 +52,7 @@ def evaluate(model, tokenizer, problems: list[arith.Problem], config, batch_size
 
     from ..engine import generate
 
-    stop = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|eot|>")} - {None}
+    stop = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(EOT)} - {None}
     correct, used, nfe = 0, [], 0
     start = time.perf_counter()
     bar = tqdm(total=len(problems), desc=config.preset_name or "eval", disable=not progress, unit="problem")
