@@ -40,6 +40,19 @@ def test_special_ids_agree_between_config_and_tokenizer(model, tok):
     assert model.config["embedding_size"] >= len(tok)
 
 
+def test_stop_ids_cover_eos_end_of_turn_and_config_lists(model, tok):
+    from streaming_dllm.text import stop_ids
+
+    eot, eos = tok.convert_tokens_to_ids("<|eot|>"), tok.eos_token_id
+    assert stop_ids(model, tok) == {eos, eot}
+    # a checkpoint may list several EOS ids in config.json (as Llama-3 style configs do)
+    model.config["eos_token_id"] = [eos, tok.pad_token_id]
+    try:
+        assert stop_ids(model, tok) == {eos, eot, tok.pad_token_id}
+    finally:
+        model.config["eos_token_id"] = eos
+
+
 def test_chat_template_and_number_tokens(tok):
     text = tok.apply_chat_template([{"role": "user", "content": "Tom has 23 apples."}],
                                    add_generation_prompt=True, tokenize=False)

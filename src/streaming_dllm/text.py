@@ -6,12 +6,19 @@ from typing import Any
 
 from .models.base import DiffusionLM
 
-END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|endoftext|>", "<|end_of_turn|>", "<|eot|>")
+# End-of-turn markers of the chat formats we know (LLaDA, Qwen/Dream, Gemma, Phi, the built-in
+# model). The CLI, the server, the benchmarks and the lm-eval adapter all stop on these.
+END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|endoftext|>", "<|end_of_turn|>", "<|end|>", "<|eot|>")
 
 
 def stop_ids(model: DiffusionLM, tokenizer: Any) -> set[int]:
-    """Ids that end an answer: the checkpoint's EOS, the tokenizer's EOS and end-of-turn tokens."""
+    """Ids that end an answer: the checkpoint's EOS and end-of-turn ids (``config.json``), the
+    tokenizer's EOS and the end-of-turn tokens its vocabulary has."""
     ids = {model.eos_id, getattr(tokenizer, "eos_token_id", None)}
+    config = getattr(model, "config", None) or {}
+    for key in ("eos_token_id", "eot_token_id"):
+        value = config.get(key)
+        ids.update(value if isinstance(value, list) else [value])
     vocab = tokenizer.get_vocab()
     ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
     ids.discard(None)

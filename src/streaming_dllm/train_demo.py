@@ -96,7 +96,7 @@ def model_config(cfg: TrainConfig, tokenizer) -> dict:
     }
 
 
-def get_tokenizer(out: Path):
+def get_tokenizer(out: Path, drill_equations: int = 10):
     """Load the run's tokenizer, training it on task text the first time."""
     from transformers import AutoTokenizer
 
@@ -104,7 +104,7 @@ def get_tokenizer(out: Path):
         return AutoTokenizer.from_pretrained(str(out))
     rng = random.Random(0)
     texts = [p.prompt + "\n" + p.solution for p in arith.problems("train", 20_000)]
-    texts += [p.prompt + "\n" + p.solution for p in (arith.drill(rng, 10) for _ in range(2000))]
+    texts += [p.prompt + "\n" + p.solution for p in (arith.drill(rng, drill_equations) for _ in range(2000))]
     tokenizer = tok_lib.train_tokenizer(texts, numbers=arith.MAX_VALUE)
     tok_lib.save_tokenizer(tokenizer, out)
     return AutoTokenizer.from_pretrained(str(out))
@@ -242,7 +242,7 @@ def train(cfg: TrainConfig, export: str | None = None, log=print) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    tokenizer = get_tokenizer(out)
+    tokenizer = get_tokenizer(out, cfg.drill_equations)
     config = model_config(cfg, tokenizer)
     model = LLaDAModel(config)
     init_weights(model, cfg.n_layers)

@@ -30,14 +30,13 @@ from lm_eval.api.registry import register_model
 from ..config import PRESETS, DecodeConfig
 from ..engine import generate
 from ..loading import load_model, load_tokenizer
+from ..text import stop_ids
 from .loglikelihood import mc_loglikelihood
 from .paper_presets import paper_preset
 
 log = logging.getLogger(__name__)
 
 _DECODE_FIELDS = {f.name for f in dataclasses.fields(DecodeConfig)} - {"preset_name"}
-# End-of-turn markers of the chat formats we know (LLaDA, Qwen/Dream, the built-in model).
-_END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<|eot|>", "<|end|>")
 _IGNORED_GEN_KWARGS = {"do_sample", "temperature", "until", "max_gen_toks"}
 
 
@@ -137,7 +136,7 @@ class StreamingDLLMEval(LM):
         self.add_bos_token = _as_bool("add_bos_token", add_bos_token)
         self.seed = int(seed)
         self._chat_templated = False
-        self.stop_ids = self._stop_ids()
+        self.stop_ids = stop_ids(self.model, self.tokenizer)
         self.speed: dict[str, float] = {}
         self._warned: set[str] = set()
 
@@ -151,14 +150,6 @@ class StreamingDLLMEval(LM):
         if bs < 1:
             raise ValueError(f"batch_size={batch_size}: must be >= 1")
         return bs
-
-    def _stop_ids(self) -> set[int]:
-        ids = {self.model.eos_id, self.model.config.get("eot_token_id")}
-        vocab = self.tokenizer.get_vocab()
-        ids.update(vocab[t] for t in _END_OF_TURN if t in vocab)
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        return {i for i in ids if i is not None}
 
     @property
     def tokenizer_name(self) -> str:

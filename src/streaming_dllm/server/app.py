@@ -21,10 +21,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..text import stop_ids
 from .batcher import Batcher, Chunk, Done, Failed, Job
 from .errors import APIError, error_body
 from .metrics import Metrics
-from .output import ChoiceText, end_token_ids
+from .output import ChoiceText
 from .requests import Plan, Translator, parse_body
 from .schemas import ChatCompletionRequest, CompletionRequest
 from .settings import ServerSettings
@@ -88,7 +89,7 @@ class _Service:
     def __init__(self, model, tokenizer, settings: ServerSettings) -> None:
         self.settings, self.tok = settings, tokenizer
         self.metrics = Metrics()
-        self.end_ids = end_token_ids(model, tokenizer)
+        self.end_ids = stop_ids(model, tokenizer)
         vocab = model.config.get("embedding_size") or model.config.get("vocab_size") or len(tokenizer)
         self.translator = Translator(settings, tokenizer, int(vocab))
         self.batcher = Batcher(model, settings.limits, self.metrics, self.end_ids)

@@ -9,21 +9,6 @@ from __future__ import annotations
 REPLACEMENT = "\ufffd"
 
 
-def end_token_ids(model, tokenizer) -> set[int]:
-    """Ids that end a reply: the checkpoint's EOS (and end-of-turn) ids and the tokenizer's EOS."""
-    ids: set[int] = set()
-    for key in ("eos_token_id", "eot_token_id"):
-        v = model.config.get(key)
-        ids.update(v if isinstance(v, list) else [v] if v is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    vocab = tokenizer.get_vocab()
-    for name in ("<|eot|>", "<|eot_id|>", "<|im_end|>", "<|endoftext|>"):
-        if name in vocab:
-            ids.add(vocab[name])
-    return ids
-
-
 def _holdback(text: str, stops: list[str]) -> int:
     """Length of the longest end of ``text`` that could be the start of a stop string."""
     best = 0
