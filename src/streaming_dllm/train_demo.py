@@ -183,6 +183,39 @@ def quick_eval(model, tokenizer, problems: list[arith.Problem], gen_length: int 
     return sum(arith.score(t, p.answer) for t, p in zip(texts, problems, strict=True)) / len(problems)
 
 
+@torch.no_grad()
+def fact_accuracy(model, tokenizer, per_sheet: int = 10) -> dict[str, float]:
+    """Share of ``arith.facts()`` whose result the model predicts, by operation and overall.
+
+    Every fact appears once on practice sheets of ``per_sheet`` equations (followed by EOS
+    padding, as in training); all results are masked at once and the operands stay visible.
+    Problems need every one of their 2 to 4 results right, so this is the number to watch when
+    accuracy on problems stalls. It measures the facts on sheets only: a model can know them
+    there and still get the same equation wrong inside a solution (see builtin/TRAINING.md).
+    """
+    was_training = model.training
+    model.eval()
+    eos, mask_id = tokenizer.eos_token_id, tokenizer.mask_token_id
+    equals = tokenizer.convert_tokens_to_ids("\u0120=")
+    right: dict[str, int] = {}
+    total: dict[str, int] = {}
+    for kind, eqs in arith.facts().items():
+        sheets = [arith.Problem(prompt=arith.DRILL_PROMPT, answer=0,
+                                solution=" ".join(e + "." for e in eqs[i : i + per_sheet]))
+                  for i in range(0, len(eqs), per_sheet)]
+        prompts, responses = encode_data(tokenizer, sheets)
+        ids, region = make_batch(prompts, responses, 64, eos)  # EOS padding as in training
+        after_equals = torch.zeros_like(region)
+        after_equals[:, 1:] = (ids[:, :-1] == equals) & region[:, :-1]
+        logits = model(ids.masked_fill(after_equals, mask_id), torch.arange(ids.shape[1]).expand_as(ids))
+        right[kind] = int((logits.argmax(-1) == ids)[after_equals].sum())
+        total[kind] = int(after_equals.sum())
+    model.train(was_training)
+    out = {kind: right[kind] / total[kind] for kind in total}
+    out["all"] = sum(right.values()) / sum(total.values())
+    return out
+
+
 def init_weights(model: LLaDAModel, n_layers: int) -> None:
     """GPT-style init: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * layers)."""
     for name, p in model.named_parameters():
@@ -305,7 +338,8 @@ def train(cfg: TrainConfig, export: str | None = None, log=print) -> dict:
             save_state()
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             acc = quick_eval(model, tokenizer, dev)
-            log(f"step {step} loss {loss.item():.4f} dev@{cfg.eval_n} {acc:.3f} "
+            facts = fact_accuracy(model, tokenizer)["all"]
+            log(f"step {step} loss {loss.item():.4f} dev@{cfg.eval_n} {acc:.3f} facts {facts:.3f} "
                 f"elapsed {elapsed / 60:.1f} min")
         if cfg.time_limit_min and elapsed > cfg.time_limit_min * 60:
             log(f"time limit reached at step {step}; stopping early")
