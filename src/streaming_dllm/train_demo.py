@@ -196,13 +196,11 @@ def fact_accuracy(model, tokenizer, per_sheet: int = 10) -> dict[str, float]:
     was_training = model.training
     model.eval()
     eos, mask_id = tokenizer.eos_token_id, tokenizer.mask_token_id
-    equals = tokenizer.convert_tokens_to_ids("\u0120=")
+    (equals,) = tokenizer(" =", add_special_tokens=False)["input_ids"]
     right: dict[str, int] = {}
     total: dict[str, int] = {}
     for kind, eqs in arith.facts().items():
-        sheets = [arith.Problem(prompt=arith.DRILL_PROMPT, answer=0,
-                                solution=" ".join(e + "." for e in eqs[i : i + per_sheet]))
-                  for i in range(0, len(eqs), per_sheet)]
+        sheets = [arith.sheet(eqs[i : i + per_sheet]) for i in range(0, len(eqs), per_sheet)]
         prompts, responses = encode_data(tokenizer, sheets)
         ids, region = make_batch(prompts, responses, 64, eos)  # EOS padding as in training
         after_equals = torch.zeros_like(region)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -175,6 +176,12 @@ DRILL_PROMPT = "Work out each equation."
 _DRILL_MIX = {"add": 0.4, "sub": 0.3, "mul": 0.15, "div": 0.15}
 
 
+def sheet(equations: Sequence[str]) -> Problem:
+    """A practice sheet: ``DRILL_PROMPT`` and the equations as its solution; the answer is the last result."""
+    return Problem(prompt=DRILL_PROMPT, answer=int(equations[-1].rsplit(" ", 1)[1]),
+                   solution=" ".join(e + "." for e in equations))
+
+
 def drill(rng: random.Random, n_equations: int) -> Problem:
     """A practice sheet of ``n_equations`` facts (40% additions, 30% subtractions, 15% each of the rest).
 
@@ -183,9 +190,7 @@ def drill(rng: random.Random, n_equations: int) -> Problem:
     """
     table = facts()
     kinds = rng.choices(tuple(_DRILL_MIX), weights=tuple(_DRILL_MIX.values()), k=n_equations)
-    eqs = [rng.choice(table[k]) for k in kinds]
-    last = int(eqs[-1].rsplit(" ", 1)[1])
-    return Problem(prompt=DRILL_PROMPT, answer=last, solution=" ".join(e + "." for e in eqs))
+    return sheet([rng.choice(table[k]) for k in kinds])
 
 
 def generate(n: int, seed: int, exclude: set[str] | frozenset[str] = frozenset()) -> list[Problem]:

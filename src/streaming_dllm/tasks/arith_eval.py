@@ -14,7 +14,6 @@ import time
 from dataclasses import asdict, dataclass
 
 from . import arith
-from .tokenizer import EOT
 
 
 @dataclass
@@ -51,8 +50,9 @@ def evaluate(model, tokenizer, problems: list[arith.Problem], config, batch_size
     from tqdm import tqdm
 
     from ..engine import generate
+    from ..text import stop_ids
 
-    stop = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(EOT)} - {None}
+    stop = stop_ids(model, tokenizer)
     correct, used, nfe = 0, [], 0
     start = time.perf_counter()
     bar = tqdm(total=len(problems), desc=config.preset_name or "eval", disable=not progress, unit="problem")
