@@ -1,5 +1,6 @@
 """The shipped checkpoint: loads offline, has a proper chat tokenizer, and solves test problems."""
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -45,12 +46,12 @@ def test_stop_ids_cover_eos_end_of_turn_and_config_lists(model, tok):
 
     eot, eos = tok.convert_tokens_to_ids("<|eot|>"), tok.eos_token_id
     assert stop_ids(model, tok) == {eos, eot}
-    # a checkpoint may list several EOS ids in config.json (as Llama-3 style configs do)
-    model.config["eos_token_id"] = [eos, tok.pad_token_id]
-    try:
-        assert stop_ids(model, tok) == {eos, eot, tok.pad_token_id}
-    finally:
-        model.config["eos_token_id"] = eos
+    # a checkpoint may list several EOS ids in config.json (as Llama-3 style configs do);
+    # a shallow copy with its own config leaves the shared fixture untouched
+    listed = copy.copy(model)
+    listed.config = {**model.config, "eos_token_id": [eos, tok.pad_token_id]}
+    assert stop_ids(listed, tok) == {eos, eot, tok.pad_token_id}
+    assert model.config["eos_token_id"] == eos
 
 
 def test_chat_template_and_number_tokens(tok):

@@ -98,16 +98,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    split = arith.problems(args.split)
+    if args.offset < 0 or (args.n is not None and args.n < 1):
+        parser.error("--offset must be >= 0 and --n >= 1")
+    problems = split[args.offset : None if args.n is None else args.offset + args.n]
+    if not problems:
+        parser.error(f"no problems left: the {args.split} split has {len(split)}")
+    config = DecodeConfig.preset(args.method, gen_length=args.gen_length, block_length=args.block_length)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model)
     tokenizer = load_tokenizer(model)
-    config = DecodeConfig.preset(args.method, gen_length=args.gen_length, block_length=args.block_length)
-    problems = arith.problems(args.split)[args.offset :]
-    if args.n is not None:
-        problems = problems[: args.n]
-    if not problems:
-        parser.error(f"no problems left: the {args.split} split has {len(arith.problems(args.split))}")
     result = evaluate(model, tokenizer, problems, config, args.batch_size,
                       progress=not args.no_progress)
     print(json.dumps(asdict(result)))
