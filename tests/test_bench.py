@@ -19,8 +19,8 @@ from streaming_dllm.config import DecodeConfig
 SUMMARY_KEYS = {"n", "accuracy", "throughput_tok_s", "latency_median_s", "latency_p90_s", "nfe_mean",
                 "tokens_fed_mean", "tokens_mean", "used_mean", "seconds_total"}
 METHOD_KEYS = {"label", "preset", "params", "config", "n_planned", "note", "stopped", "reused_from",
-               "summary", "speedup_vs_vanilla", "speedup_vs_fast_dllm", "time_speedup_vs_vanilla",
-               "time_speedup_vs_fast_dllm", "peak_mem_mib", "samples"}
+               "summary", "accuracy_delta_vs_vanilla", "speedup_vs_vanilla", "speedup_vs_fast_dllm",
+               "time_speedup_vs_vanilla", "time_speedup_vs_fast_dllm", "peak_mem_mib", "samples"}
 SAMPLE_KEYS = {"prompt", "batch", "seconds", "share", "tokens", "used", "nfe", "tokens_fed", "correct"}
 
 
@@ -170,6 +170,27 @@ def test_paired_speedup_uses_shared_prompts_only():
     assert metrics.paired_time_speedup(fast, silent) == pytest.approx(10.0)
     assert metrics.paired_speedup(fast, None) is None
     assert metrics.find_reference([fast, ref], "vanilla", fast.method.config) is ref
+
+
+def _scored(preset: str, correct: list[bool]) -> MethodResult:
+    cfg = DecodeConfig.preset(preset, gen_length=64)
+    samples = [Sample(p, p, 1.0, 1.0, 1, 1, 1, 1, c) for p, c in enumerate(correct)]
+    return MethodResult(Method(preset, cfg), len(samples), samples)
+
+
+def test_paired_accuracy_delta_counts_disagreements_on_shared_prompts():
+    ref = _scored("vanilla", [True, True, False, False])
+    fast = _scored("streaming", [True, False, True, True, False])  # prompt 4: vanilla never decoded it
+    d = metrics.paired_accuracy_delta(fast, ref)
+    assert d["n"] == 4 and (d["better"], d["worse"]) == (2, 1)
+    assert d["delta"] == pytest.approx(0.25)
+    lo, hi = d["ci95"]
+    # differences (0, -1, +1, +1): sample sd sqrt(11/12), half width 1.96 * sd / 2
+    assert hi - 0.25 == pytest.approx(0.25 - lo) == pytest.approx(0.98 * math.sqrt(11 / 12))
+    same = metrics.paired_accuracy_delta(ref, ref)
+    assert same["delta"] == 0 and same["ci95"] == [0.0, 0.0]
+    assert metrics.paired_accuracy_delta(fast, _scored("vanilla", [True]))["ci95"] is None
+    assert metrics.paired_accuracy_delta(fast, None) is None
 
 
 def test_percentile_and_summary():

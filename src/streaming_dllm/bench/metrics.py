@@ -2,7 +2,9 @@
 
 Throughput is the paper's: generated non-EOS tokens per second, summed over samples (each
 sample's share of its batch's wall time). Speedups are paired: a method and its reference are
-compared on the prompts both decoded, so a reference with a smaller sample stays fair.
+compared on the prompts both decoded, so a reference with a smaller sample stays fair. So is the
+accuracy difference, which comes with a 95% interval: on a few dozen prompts a gap of several
+points can be noise, and the interval says how many.
 """
 
 from __future__ import annotations
@@ -63,6 +65,28 @@ def paired_speedup(result: MethodResult, reference: MethodResult | None) -> floa
     mine = throughput([s for s in result.samples if s.prompt in shared])
     theirs = throughput([s for s in reference.samples if s.prompt in shared])
     return mine / theirs if theirs > 0 and not math.isnan(theirs) else None  # None: reference made no tokens
+
+
+def paired_accuracy_delta(result: MethodResult, reference: MethodResult | None) -> dict[str, Any] | None:
+    """Accuracy minus the reference's on the prompts both decoded, with a 95% interval.
+
+    The interval is the normal approximation for the mean of the per-prompt differences (-1, 0
+    or +1); it is ``None`` for fewer than two shared prompts. Only prompts on which the two
+    methods disagree move it, which is why paired intervals are much narrower than the two
+    accuracies' own intervals.
+    """
+    if reference is None:
+        return None
+    theirs = {s.prompt: s.correct for s in reference.samples}
+    diffs = [int(s.correct) - int(theirs[s.prompt]) for s in result.samples if s.prompt in theirs]
+    if not diffs:
+        return None
+    n, delta = len(diffs), statistics.fmean(diffs)
+    ci = None
+    if n >= 2:
+        half = 1.96 * statistics.stdev(diffs) / math.sqrt(n)
+        ci = [delta - half, delta + half]
+    return {"n": n, "delta": delta, "ci95": ci, "better": diffs.count(1), "worse": diffs.count(-1)}
 
 
 def paired_time_speedup(result: MethodResult, reference: MethodResult | None) -> float | None:

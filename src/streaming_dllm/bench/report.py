@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .metrics import find_reference, paired_speedup, paired_time_speedup, summarize
+from .metrics import find_reference, paired_accuracy_delta, paired_speedup, paired_time_speedup, summarize
 from .runner import Group, MethodResult
 
 SCHEMA = "streaming-dllm-bench/1"
@@ -83,6 +83,7 @@ def method_record(res: MethodResult, everything: list[MethodResult]) -> dict[str
         "stopped": res.stopped,
         "reused_from": res.reused_from,
         "summary": summarize(res.samples),
+        "accuracy_delta_vs_vanilla": paired_accuracy_delta(res, vanilla),
         "speedup_vs_vanilla": paired_speedup(res, vanilla),
         "speedup_vs_fast_dllm": paired_speedup(res, fast),
         "time_speedup_vs_vanilla": paired_time_speedup(res, vanilla),
@@ -115,6 +116,18 @@ def _speedup(m: dict[str, Any], ref: str) -> str:
     return f"t {t:.2f}x" if t is not None else "–"
 
 
+def _delta(m: dict[str, Any]) -> str:
+    """Paired accuracy difference to vanilla in points, with its 95% interval."""
+    d = m["accuracy_delta_vs_vanilla"]
+    if d is None or m["preset"] == "vanilla":
+        return "–"
+    text = f"{100 * d['delta']:+.1f}"
+    if d["ci95"] is not None:
+        lo, hi = d["ci95"]
+        text += f" ({100 * lo:+.1f} to {100 * hi:+.1f})"
+    return text
+
+
 def sample_note(m: dict[str, Any], full_n: int) -> str:
     """Why a method has fewer samples than the others (empty when it has them all)."""
     n = m["summary"]["n"]
@@ -127,9 +140,10 @@ def sample_note(m: dict[str, Any], full_n: int) -> str:
 
 def markdown_group(group: dict[str, Any], full_n: int) -> str:
     """One table: the group's methods with every figure; notes below for smaller samples."""
-    head = ("| method | n | accuracy | tokens/s | speedup vs vanilla | speedup vs fast-dllm | "
-            "latency median (s) | latency p90 (s) | nfe | tokens fed | peak mem (MiB) |")
-    lines = [f"### {group['suite']}: {group['name']}", "", head, "|" + "---|" * 11]
+    head = ("| method | n | accuracy | vs vanilla, points (95% CI) | tokens/s | speedup vs vanilla | "
+            "speedup vs fast-dllm | latency median (s) | latency p90 (s) | nfe | tokens fed | "
+            "peak mem (MiB) |")
+    lines = [f"### {group['suite']}: {group['name']}", "", head, "|" + "---|" * 12]
     notes = []
     for m in group["methods"]:
         s = m["summary"]
@@ -139,7 +153,7 @@ def markdown_group(group: dict[str, Any], full_n: int) -> str:
             notes.append(f"{m['label']}: {note}")
             mark = "*"
         lines.append(
-            f"| {m['label']}{mark} | {s['n']} | {_fmt(100 * s['accuracy'], '.1f')}% | "
+            f"| {m['label']}{mark} | {s['n']} | {_fmt(100 * s['accuracy'], '.1f')}% | {_delta(m)} | "
             f"{_fmt(s['throughput_tok_s'], '.1f')} | {_speedup(m, 'vanilla')} | "
             f"{_speedup(m, 'fast_dllm')} | {_fmt(s['latency_median_s'], '.3f')} | "
             f"{_fmt(s['latency_p90_s'], '.3f')} | {_fmt(s['nfe_mean'], '.1f')} | "
