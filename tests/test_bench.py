@@ -184,13 +184,24 @@ def test_paired_accuracy_delta_counts_disagreements_on_shared_prompts():
     d = metrics.paired_accuracy_delta(fast, ref)
     assert d["n"] == 4 and (d["better"], d["worse"]) == (2, 1)
     assert d["delta"] == pytest.approx(0.25)
+    # adjusted Wald: (2 + 1) / 6 up, (1 + 1) / 6 down, centre 1/6, variance (5/6 - 1/36) / 6
     lo, hi = d["ci95"]
-    # differences (0, -1, +1, +1): sample sd sqrt(11/12), half width 1.96 * sd / 2
-    assert hi - 0.25 == pytest.approx(0.25 - lo) == pytest.approx(0.98 * math.sqrt(11 / 12))
-    same = metrics.paired_accuracy_delta(ref, ref)
-    assert same["delta"] == 0 and same["ci95"] == [0.0, 0.0]
-    assert metrics.paired_accuracy_delta(fast, _scored("vanilla", [True]))["ci95"] is None
+    half = 1.96 * math.sqrt((5 / 6 - 1 / 36) / 6)
+    assert (lo, hi) == (pytest.approx(1 / 6 - half), pytest.approx(1 / 6 + half))
     assert metrics.paired_accuracy_delta(fast, None) is None
+    one = metrics.paired_accuracy_delta(_scored("streaming", [True]), _scored("vanilla", [False]))
+    assert one["delta"] == 1.0 and one["ci95"][1] == 1.0 and one["ci95"][0] < 0  # clipped, and wide
+
+
+def test_paired_accuracy_delta_interval_stays_wide_when_methods_agree():
+    ref = _scored("vanilla", [True, False] * 4)
+    d = metrics.paired_accuracy_delta(ref, ref)
+    assert d["delta"] == 0 and (d["better"], d["worse"]) == (0, 0)
+    lo, hi = d["ci95"]
+    assert lo == pytest.approx(-hi) and hi == pytest.approx(1.96 * math.sqrt(0.2 / 10))  # +-27.7 points
+    answers = [True, False] * 200
+    big = metrics.paired_accuracy_delta(_scored("streaming", answers), _scored("vanilla", answers))
+    assert big["ci95"][1] < 0.01  # 400 prompts without a disagreement: under one point
 
 
 def test_percentile_and_summary():

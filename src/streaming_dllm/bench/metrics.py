@@ -70,23 +70,27 @@ def paired_speedup(result: MethodResult, reference: MethodResult | None) -> floa
 def paired_accuracy_delta(result: MethodResult, reference: MethodResult | None) -> dict[str, Any] | None:
     """Accuracy minus the reference's on the prompts both decoded, with a 95% interval.
 
-    The interval is the normal approximation for the mean of the per-prompt differences (-1, 0
-    or +1); it is ``None`` for fewer than two shared prompts. Only prompts on which the two
-    methods disagree move it, which is why paired intervals are much narrower than the two
-    accuracies' own intervals.
+    ``delta`` is the plain difference. The interval is Bonett and Price's adjusted Wald interval
+    for paired proportions (2012): one is added to each count of disagreements and two to the
+    number of prompts, so that a small sample on which the two methods happen to agree
+    everywhere still gets a wide interval instead of a zero-width one. Only prompts on which the
+    methods disagree (``better``, ``worse``) narrow it, which is why a paired interval is much
+    narrower than the two accuracies' own intervals.
     """
     if reference is None:
         return None
     theirs = {s.prompt: s.correct for s in reference.samples}
-    diffs = [int(s.correct) - int(theirs[s.prompt]) for s in result.samples if s.prompt in theirs]
-    if not diffs:
+    pairs = [(bool(s.correct), bool(theirs[s.prompt])) for s in result.samples if s.prompt in theirs]
+    if not pairs:
         return None
-    n, delta = len(diffs), statistics.fmean(diffs)
-    ci = None
-    if n >= 2:
-        half = 1.96 * statistics.stdev(diffs) / math.sqrt(n)
-        ci = [delta - half, delta + half]
-    return {"n": n, "delta": delta, "ci95": ci, "better": diffs.count(1), "worse": diffs.count(-1)}
+    n = len(pairs)
+    better = sum(mine and not ref for mine, ref in pairs)
+    worse = sum(ref and not mine for mine, ref in pairs)
+    up, down = (better + 1) / (n + 2), (worse + 1) / (n + 2)
+    centre = up - down
+    half = 1.96 * math.sqrt(max(0.0, up + down - centre**2) / (n + 2))
+    ci = [max(-1.0, centre - half), min(1.0, centre + half)]
+    return {"n": n, "delta": (better - worse) / n, "ci95": ci, "better": better, "worse": worse}
 
 
 def paired_time_speedup(result: MethodResult, reference: MethodResult | None) -> float | None:

@@ -121,11 +121,8 @@ def _delta(m: dict[str, Any]) -> str:
     d = m["accuracy_delta_vs_vanilla"]
     if d is None or m["preset"] == "vanilla":
         return "–"
-    text = f"{100 * d['delta']:+.1f}"
-    if d["ci95"] is not None:
-        lo, hi = d["ci95"]
-        text += f" ({100 * lo:+.1f} to {100 * hi:+.1f})"
-    return text
+    lo, hi = d["ci95"]
+    return f"{100 * d['delta']:+.1f} ({100 * lo:+.1f} to {100 * hi:+.1f})"
 
 
 def sample_note(m: dict[str, Any], full_n: int) -> str:
