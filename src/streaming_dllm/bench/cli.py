@@ -117,6 +117,7 @@ def run_bench(args: argparse.Namespace) -> int:
     ctx = BenchContext(model, tok, arith.problems(args.split, sizes.n), batch_size=args.batch_size,
                        warmup=not args.no_warmup, budget_s=args.budget, progress=not args.no_progress)
     load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    code_versions = report.versions()  # the code that runs, not what the tree holds by the end
     start = time.perf_counter()
     bar = None
     if ctx.progress:
@@ -146,7 +147,7 @@ def run_bench(args: argparse.Namespace) -> int:
         command=report.command_line(args, args.bench_options), settings=settings, model_info=model_info,
         device=model.device,
         memory_method=ctx.memory.method, groups=report.group_records(groups, results),
-        seconds=time.perf_counter() - start)
+        seconds=time.perf_counter() - start, code_versions=code_versions)
     record["machine"]["load_avg_start"] = load_start
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
