@@ -104,7 +104,8 @@ def test_quick_figures_are_consistent(quick_run):
 def test_quick_outputs_tables_and_plots(quick_run):
     record, out = quick_run
     text = (out / "bench.md").read_text()
-    assert text.count("| method | n | accuracy | tokens/s") == len(record["groups"])
+    header = "| method | n | accuracy | vs vanilla, points (95% CI) | tokens/s"
+    assert text.count(header) == len(record["groups"])
     assert "smaller sample" in text
     assert set(record["plots"]) == {"main.png", "ablation.png", "length_scaling.png", "sweep_window.png",
                                     "sweep_alpha.png", "scatter.png"}
