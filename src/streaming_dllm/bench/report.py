@@ -183,9 +183,9 @@ def markdown(record: dict[str, Any]) -> str:
 
 def build_record(*, command: list[str], settings: dict[str, Any], model_info: dict[str, Any],
                  device: torch.device, memory_method: str, groups: list[dict[str, Any]],
-                 seconds: float, code_versions: dict[str, str | None] | None = None) -> dict[str, Any]:
-    """The JSON record; ``code_versions`` (from ``versions()`` when the run started) records the
-    commit that ran, since the working tree may change during a long run."""
+                 seconds: float, code_versions: dict[str, str | None]) -> dict[str, Any]:
+    """The JSON record; ``code_versions`` is ``versions()`` taken when the run started, so it names
+    the commit that ran even if the working tree changes during a long run."""
     return {
         "schema": SCHEMA,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -193,7 +193,7 @@ def build_record(*, command: list[str], settings: dict[str, Any], model_info: di
         "settings": settings,
         "model": model_info,
         "machine": machine(device),
-        "versions": code_versions or versions(),
+        "versions": code_versions,
         "memory_method": memory_method,
         "groups": groups,
         "plots": [],
