@@ -55,15 +55,21 @@ def summarize(samples: list[Sample]) -> dict[str, Any]:
     }
 
 
+def paired(result: MethodResult, reference: MethodResult) -> tuple[list[Sample], list[Sample]]:
+    """Both methods' samples on the prompts both decoded, position i of each on the same prompt."""
+    theirs = {s.prompt: s for s in reference.samples}
+    mine = [s for s in result.samples if s.prompt in theirs]
+    return mine, [theirs[s.prompt] for s in mine]
+
+
 def paired_speedup(result: MethodResult, reference: MethodResult | None) -> float | None:
     """Throughput ratio on the prompts both decoded (None without a reference or overlap)."""
     if reference is None:
         return None
-    shared = {s.prompt for s in result.samples} & {s.prompt for s in reference.samples}
-    if not shared:
+    mine_samples, their_samples = paired(result, reference)
+    if not mine_samples:
         return None
-    mine = throughput([s for s in result.samples if s.prompt in shared])
-    theirs = throughput([s for s in reference.samples if s.prompt in shared])
+    mine, theirs = throughput(mine_samples), throughput(their_samples)
     return mine / theirs if theirs > 0 and not math.isnan(theirs) else None  # None: reference made no tokens
 
 
@@ -79,13 +85,12 @@ def paired_accuracy_delta(result: MethodResult, reference: MethodResult | None) 
     """
     if reference is None:
         return None
-    theirs = {s.prompt: s.correct for s in reference.samples}
-    pairs = [(bool(s.correct), bool(theirs[s.prompt])) for s in result.samples if s.prompt in theirs]
-    if not pairs:
+    mine, theirs = paired(result, reference)
+    if not mine:
         return None
-    n = len(pairs)
-    better = sum(mine and not ref for mine, ref in pairs)
-    worse = sum(ref and not mine for mine, ref in pairs)
+    n = len(mine)
+    better = sum(a.correct and not b.correct for a, b in zip(mine, theirs, strict=True))
+    worse = sum(b.correct and not a.correct for a, b in zip(mine, theirs, strict=True))
     up, down = (better + 1) / (n + 2), (worse + 1) / (n + 2)
     centre = up - down
     half = 1.96 * math.sqrt(max(0.0, up + down - centre**2) / (n + 2))
@@ -101,10 +106,10 @@ def paired_time_speedup(result: MethodResult, reference: MethodResult | None) ->
     """
     if reference is None:
         return None
-    shared = {s.prompt for s in result.samples} & {s.prompt for s in reference.samples}
-    mine = sum(s.share for s in result.samples if s.prompt in shared)
-    theirs = sum(s.share for s in reference.samples if s.prompt in shared)
-    return theirs / mine if shared and mine > 0 else None
+    mine_samples, their_samples = paired(result, reference)
+    mine = sum(s.share for s in mine_samples)
+    theirs = sum(s.share for s in their_samples)
+    return theirs / mine if mine_samples and mine > 0 else None
 
 
 def reference_key(preset: str, like: DecodeConfig) -> str:
