@@ -234,6 +234,17 @@ def tie_embeddings(model: LLaDAModel) -> None:
     t.ff_out.weight = t.wte.weight
 
 
+def start_head_as_embedding(model: LLaDAModel) -> None:
+    """Untied training: the LM head starts as a copy of the input embedding, then learns alone.
+
+    The copy gives the identity map for copying tokens from the story at step 0, as tying does;
+    afterwards the head is free to score N and N + 1 apart while the embedding keeps a number line.
+    """
+    t = model.model.transformer
+    with torch.no_grad():
+        t.ff_out.weight.copy_(t.wte.weight)
+
+
 def adapt_threads(current: int, most: int) -> int:
     """Fewer threads when other processes load the machine: oversubscribed cores thrash torch."""
     import os
@@ -279,6 +290,8 @@ def train(cfg: TrainConfig, export: str | None = None, log=print) -> dict:
     init_weights(model, cfg.n_layers)
     if cfg.tie_embeddings:
         tie_embeddings(model)
+    else:
+        start_head_as_embedding(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     step, elapsed = 0, 0.0
@@ -367,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pad-lengths", type=int, nargs="+", default=list(defaults.pad_lengths))
     parser.add_argument("--pad-weights", type=float, nargs="+", default=list(defaults.pad_weights))
     parser.add_argument("--untied-embeddings", action="store_true",
-                        help="train separate input embedding and LM head matrices")
+                        help="train separate input embedding and LM head matrices (the head starts as a copy)")
     parser.add_argument("--export", default=None,
                         help="copy the final checkpoint here (e.g. src/streaming_dllm/builtin)")
     args = vars(parser.parse_args(argv))
