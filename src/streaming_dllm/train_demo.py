@@ -380,7 +380,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pad-lengths", type=int, nargs="+", default=list(defaults.pad_lengths))
     parser.add_argument("--pad-weights", type=float, nargs="+", default=list(defaults.pad_weights))
     parser.add_argument("--untied-embeddings", action="store_true",
-                        help="train separate input embedding and LM head matrices (the head starts as a copy)")
+                        help="train separate input embedding and LM head matrices "
+                             "(the head starts as a copy)")
     parser.add_argument("--export", default=None,
                         help="copy the final checkpoint here (e.g. src/streaming_dllm/builtin)")
     args = vars(parser.parse_args(argv))
