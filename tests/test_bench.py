@@ -222,3 +222,15 @@ def test_cpu_peak_memory_sees_a_large_allocation():
         block = torch.ones(64 * 2**20 // 4)  # 64 MiB
         del block
     assert tracker.peak_bytes >= 48 * 2**20
+
+
+def test_methods_run_records_no_suite(tiny_checkpoint, tmp_path):
+    """--methods replaces the suites: the recorded command must not claim a --suite."""
+    rc = main(["bench", "--quick", "--methods", "fast-dllm", "streaming", "--gen-lengths", "64",
+               "--model", str(tiny_checkpoint), "--device", "cpu", "--threads", "1", "--out", str(tmp_path),
+               "--no-progress", "--no-plots"])
+    assert rc == 0
+    record = json.loads((tmp_path / "bench.json").read_text())
+    assert "--suite" not in record["command"]
+    assert record["command"][record["command"].index("--methods") + 1:][:2] == ["fast-dllm", "streaming"]
+    assert [m["label"] for m in record["groups"][0]["methods"]] == ["fast-dllm", "streaming"]

@@ -143,8 +143,10 @@ def run_bench(args: argparse.Namespace) -> int:
     model_info = {"name": args.model, "family": model.family, "config": model.config,
                   "parameters": sum(p.numel() for p in model.parameters()),
                   "dtype": str(model.dtype).replace("torch.", ""), "device": str(model.device)}
+    # --methods replaces the suites, so the recorded command leaves --suite out.
+    options = [o for o in args.bench_options if not (args.methods and o[1] == "suite")]
     record = report.build_record(
-        command=report.command_line(args, args.bench_options), settings=settings, model_info=model_info,
+        command=report.command_line(args, options), settings=settings, model_info=model_info,
         device=model.device,
         memory_method=ctx.memory.method, groups=report.group_records(groups, results),
         seconds=time.perf_counter() - start, code_versions=code_versions)
