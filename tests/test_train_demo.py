@@ -70,3 +70,41 @@ def test_loss_only_counts_masked_response_tokens():
     assert loss.item() > 0
     loss.backward()
     assert model.model.transformer.wte.weight.grad is not None
+
+
+def test_digit_factored_number_rows_train_shared_digits_and_export_plain(tmp_path):
+    tok = sd.load_tokenizer("builtin")
+    config = train_demo.model_config(_cfg(tmp_path, 1), tok)
+    model = sd.models.llada.LLaDAModel(config)
+    train_demo.init_weights(model, config["n_layers"])
+    train_demo.tie_embeddings(model)
+    train_demo.add_digit_embeddings(model, tok)
+    t = model.model.transformer
+    digits = t.wte.parametrizations.weight[0]
+    free = t.wte.parametrizations.weight.original
+    ids, values = train_demo.number_tokens(tok)
+    (seventeen,) = tok(" 17", add_special_tokens=False)["input_ids"]
+    assert values[ids.index(seventeen)] == 17
+    assert sorted(set(values)) == list(range(arith.MAX_VALUE + 1))
+    added = (t.wte.weight - free).detach()
+    for i, v in zip(ids, values, strict=True):
+        assert torch.allclose(added[i], (digits.tens[v // 10] + digits.units[v % 10]).detach())
+    others = torch.ones(len(free), dtype=torch.bool)
+    others[ids] = False
+    assert torch.equal(added[others], torch.zeros_like(added[others]))
+    assert torch.equal(t.wte.weight, t.ff_out.weight)  # still tied
+
+    x = torch.tensor([tok("so 12 + 7 = 19.", add_special_tokens=False)["input_ids"]])
+    pos = torch.arange(x.shape[1])[None]
+    model(x, pos).logsumexp(-1).sum().backward()
+    assert digits.units.grad is not None and digits.units.grad.abs().sum() > 0
+
+    train_demo.save_checkpoint(model, config, tmp_path)
+    from safetensors.torch import load_file
+
+    state = load_file(str(tmp_path / "model.safetensors"))
+    assert not any("parametrizations" in k for k in state)
+    plain = sd.models.llada.LLaDAModel(config)
+    plain.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        assert torch.equal(plain(x, pos), model(x, pos))

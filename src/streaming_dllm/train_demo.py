@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .models.llada import LLaDAModel
 from .tasks import arith
@@ -52,6 +53,7 @@ class TrainConfig:
     batch_tokens: int = 6144
     lr: float = 2e-3
     tie_embeddings: bool = True
+    digit_embeddings: bool = False
     min_lr_ratio: float = 0.05
     warmup: int = 100
     weight_decay: float = 0.01
@@ -245,6 +247,65 @@ def start_head_as_embedding(model: LLaDAModel) -> None:
         t.ff_out.weight.copy_(t.wte.weight)
 
 
+class DigitFactoredRows(nn.Module):
+    """Parametrization of an embedding matrix: each number token's row gains a tens and a units vector.
+
+    ``row(N) = free(N) + tens[N // 10] + units[N % 10]``. The tens and units tables are shared by
+    all numbers, so with the tied LM head the logit of N is the sum of a tens score and a units
+    score: the model can get the units digit exactly right (a 10 x 10 table for ``a + b``) while
+    its magnitude is off, which is where the plain one-vector-per-number model fails (most wrong
+    results were off by one, see builtin/TRAINING.md). It is a training-time parametrization
+    only: the exported checkpoint stores the summed rows, a plain LLaDA embedding.
+    """
+
+    def __init__(self, number_ids: list[int], values: list[int], d_model: int, std: float = 0.02) -> None:
+        super().__init__()
+        self.register_buffer("rows", torch.tensor(number_ids, dtype=torch.long))
+        self.register_buffer("tens_of", torch.tensor([v // 10 for v in values], dtype=torch.long))
+        self.register_buffer("units_of", torch.tensor([v % 10 for v in values], dtype=torch.long))
+        self.tens = nn.Parameter(torch.randn(max(values) // 10 + 1, d_model) * std)
+        self.units = nn.Parameter(torch.randn(10, d_model) * std)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.index_add(0, self.rows, self.tens[self.tens_of] + self.units[self.units_of])
+
+
+def number_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """Ids and values of the tokens that are a whole number, with or without the leading space."""
+    ids, values = [], []
+    for token, i in tokenizer.get_vocab().items():
+        text = tokenizer.convert_tokens_to_string([token]).strip()
+        if text.isdecimal() and text.isascii():
+            ids.append(i)
+            values.append(int(text))
+    return ids, values
+
+
+def add_digit_embeddings(model: LLaDAModel, tokenizer) -> None:
+    """Register ``DigitFactoredRows`` on the input embedding and the LM head (one shared instance)."""
+    from torch.nn.utils import parametrize
+
+    ids, values = number_tokens(tokenizer)
+    t = model.model.transformer
+    digits = DigitFactoredRows(ids, values, t.wte.weight.shape[1])
+    parametrize.register_parametrization(t.wte, "weight", digits)
+    parametrize.register_parametrization(t.ff_out, "weight", digits)
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict a plain checkpoint has: parametrized weights evaluated, their parts dropped."""
+    state: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        if ".parametrizations." not in key:
+            state[key] = value
+        elif key.endswith(".original"):
+            path, rest = key.split(".parametrizations.", 1)
+            attr = rest.split(".", 1)[0]
+            state[f"{path}.{attr}"] = getattr(model.get_submodule(path), attr).detach()
+    # clone: tied weights share storage, and the checkpoint stores each one in full
+    return {k: v.detach().clone().contiguous() for k, v in state.items()}
+
+
 def adapt_threads(current: int, most: int) -> int:
     """Fewer threads when other processes load the machine: oversubscribed cores thrash torch."""
     import os
@@ -270,9 +331,7 @@ def save_checkpoint(model: LLaDAModel, config: dict, out: Path) -> None:
     from safetensors.torch import save_file
 
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    # clone: tied weights share storage, and the checkpoint stores each one in full
-    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_file(plain_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "model.safetensors").chmod(0o644)  # safetensors writes 0600; the file ships in a package
 
 
@@ -292,6 +351,8 @@ def train(cfg: TrainConfig, export: str | None = None, log=print) -> dict:
         tie_embeddings(model)
     else:
         start_head_as_embedding(model)
+    if cfg.digit_embeddings:
+        add_digit_embeddings(model, tokenizer)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     step, elapsed = 0, 0.0
@@ -382,6 +443,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--untied-embeddings", action="store_true",
                         help="train separate input embedding and LM head matrices "
                              "(the head starts as a copy)")
+    parser.add_argument("--digit-embeddings", action=argparse.BooleanOptionalAction,
+                        default=defaults.digit_embeddings,
+                        help="number tokens' embedding rows share a tens and a units vector during training")
     parser.add_argument("--export", default=None,
                         help="copy the final checkpoint here (e.g. src/streaming_dllm/builtin)")
     args = vars(parser.parse_args(argv))
