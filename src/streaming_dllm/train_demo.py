@@ -51,7 +51,7 @@ class TrainConfig:
     steps: int = 100_000
     batch_size: int = 32
     batch_tokens: int = 6144
-    lr: float = 2e-3
+    lr: float = 1e-3
     tie_embeddings: bool = True
     digit_embeddings: bool = False
     min_lr_ratio: float = 0.05
