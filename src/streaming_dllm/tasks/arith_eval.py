@@ -63,7 +63,9 @@ def evaluate(model, tokenizer, problems: list[arith.Problem], config, batch_size
         for row, p in enumerate(chunk):
             gen = out.generated(row)
             used.append(used_positions(gen, stop))
-            correct += arith.score(tokenizer.decode(gen, skip_special_tokens=True), p.answer)
+            # the answer ends at the end of turn, as a user (or the harness) sees it: a stray
+            # token left in the EOS region after it is not part of the answer
+            correct += arith.score(tokenizer.decode(gen[: used[-1]], skip_special_tokens=True), p.answer)
         bar.update(len(chunk))
         bar.set_postfix(acc=f"{correct / len(used):.3f}")
     bar.close()
