@@ -301,7 +301,7 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         elif key.endswith(".original"):
             path, rest = key.split(".parametrizations.", 1)
             attr = rest.split(".", 1)[0]
-            state[f"{path}.{attr}"] = getattr(model.get_submodule(path), attr).detach()
+            state[f"{path}.{attr}"] = getattr(model.get_submodule(path), attr)
     # clone: tied weights share storage, and the checkpoint stores each one in full
     return {k: v.detach().clone().contiguous() for k, v in state.items()}
 

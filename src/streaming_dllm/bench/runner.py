@@ -18,7 +18,7 @@ import torch
 from ..config import DecodeConfig
 from ..engine import generate
 from ..tasks import arith
-from ..tasks.arith_eval import encode_prompts, used_positions
+from ..tasks.arith_eval import answer_text, encode_prompts, used_positions
 from ..text import stop_ids
 from .memory import PeakMemory
 
@@ -135,7 +135,6 @@ def _run_batch(
     samples = []
     for row, i in enumerate(prompts):
         gen = out.generated(row)
-        text = ctx.tokenizer.decode(gen, skip_special_tokens=True)
         samples.append(
             Sample(
                 prompt=i,
@@ -146,7 +145,7 @@ def _run_batch(
                 used=used_positions(gen, ctx.stops),
                 nfe=int(out.row_nfe[row]),
                 tokens_fed=int(out.tokens_fed[row]),
-                correct=bool(arith.score(text, ctx.problems[i].answer)),
+                correct=bool(arith.score(answer_text(ctx.tokenizer, gen, ctx.stops), ctx.problems[i].answer)),
             )
         )
     return samples, tracker.peak_bytes

@@ -37,6 +37,17 @@ def used_positions(ids: list[int], stop_ids: set[int]) -> int:
     return len(ids)
 
 
+def answer_text(tokenizer, ids: list[int], stop_ids: set[int]) -> str:
+    """The answer as a user (or the harness) sees it: the text before the first stop token.
+
+    A stray token left in the EOS region after the end of turn is not part of the answer, so
+    it must not be scored.
+    """
+    from ..text import answer_ids
+
+    return tokenizer.decode(answer_ids(ids, stop_ids), skip_special_tokens=True)
+
+
 def encode_prompts(tokenizer, problems: list[arith.Problem]) -> list[list[int]]:
     """Chat-templated prompt ids, ready for ``generate``."""
     texts = [tokenizer.apply_chat_template(arith.messages(p), add_generation_prompt=True, tokenize=False)
@@ -63,9 +74,7 @@ def evaluate(model, tokenizer, problems: list[arith.Problem], config, batch_size
         for row, p in enumerate(chunk):
             gen = out.generated(row)
             used.append(used_positions(gen, stop))
-            # the answer ends at the end of turn, as a user (or the harness) sees it: a stray
-            # token left in the EOS region after it is not part of the answer
-            correct += arith.score(tokenizer.decode(gen[: used[-1]], skip_special_tokens=True), p.answer)
+            correct += arith.score(answer_text(tokenizer, gen, stop), p.answer)
         bar.update(len(chunk))
         bar.set_postfix(acc=f"{correct / len(used):.3f}")
     bar.close()
