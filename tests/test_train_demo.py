@@ -1,6 +1,7 @@
 """Smoke test of the demo training script: a few steps of a tiny model, resume, export, reload."""
 
 import json
+import math
 
 import torch
 
@@ -108,3 +109,17 @@ def test_digit_factored_number_rows_train_shared_digits_and_export_plain(tmp_pat
     plain.load_state_dict(state, strict=True)
     with torch.no_grad():
         assert torch.equal(plain(x, pos), model(x, pos))
+
+
+def test_suffix_rows_mask_a_tail_of_the_response_with_ratio_t():
+    region = torch.ones(64, 40, dtype=torch.bool)
+    region[:, :10] = False  # a 10-token prompt, 30 response positions
+    masked, t = train_demo.sample_mask(region, 1e-3, torch.Generator().manual_seed(0), suffix_frac=1.0)
+    for row, ratio in zip(masked, t, strict=True):
+        k = int(row.sum())
+        assert k == math.ceil(ratio.item() * 30)
+        assert row[40 - k :].all() and not row[: 40 - k].any()
+    random_masked, _ = train_demo.sample_mask(region, 1e-3, torch.Generator().manual_seed(0))
+    assert not (random_masked & ~region).any()
+    tails = [bool(r[40 - int(r.sum()) :].all()) for r in random_masked if r.sum() > 2]
+    assert not all(tails)  # without suffix rows the masks are scattered, not tails

@@ -61,6 +61,7 @@ class TrainConfig:
     pad_lengths: tuple[int, ...] = (64, 96, 128, 256, 512, 1024)
     pad_weights: tuple[float, ...] = (0.55, 0.22, 0.12, 0.06, 0.03, 0.02)
     drill_frac: float = 0.25
+    suffix_frac: float = 0.0
     drill_equations: int = 10
     eps: float = 1e-3
     seed: int = 0
@@ -134,13 +135,32 @@ def make_batch(prompts, responses, pad_len: int, eos: int) -> tuple[torch.Tensor
     return ids, region
 
 
-def diffusion_loss(model, ids: torch.Tensor, region: torch.Tensor, mask_id: int, eps: float,
-                   gen: torch.Generator) -> torch.Tensor:
-    """LLaDA SFT loss: mask the response with ratio t per row, CE on masked tokens weighted 1/t."""
-    b, n = ids.shape
-    t = (torch.randperm(b, generator=gen) + torch.rand(b, generator=gen)) / b  # stratified in (0, 1)
+def sample_mask(region: torch.Tensor, eps: float, gen: torch.Generator,
+                suffix_frac: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row a ratio t ~ U(0, 1] (stratified over the batch) and the response positions to mask.
+
+    Each response position is masked with probability t. With ``suffix_frac`` > 0, that share of
+    the rows masks the last ``ceil(t * n)`` response positions instead: the context that
+    semi-autoregressive decoding gives the model (what comes before is known, everything after
+    is masked), which random masking almost never shows it. Returns (masked, t).
+    """
+    b, n = region.shape
+    t = (torch.randperm(b, generator=gen) + torch.rand(b, generator=gen)) / b
     t = t.clamp(min=eps)
     masked = (torch.rand(b, n, generator=gen) < t[:, None]) & region
+    if suffix_frac > 0:
+        suffix_rows = torch.rand(b, generator=gen) < suffix_frac
+        k = torch.ceil(t * region.sum(1)).long()  # the region runs to the end of the row
+        suffix = torch.arange(n)[None, :] >= (n - k)[:, None]
+        masked = torch.where(suffix_rows[:, None], suffix & region, masked)
+    return masked, t
+
+
+def diffusion_loss(model, ids: torch.Tensor, region: torch.Tensor, mask_id: int, eps: float,
+                   gen: torch.Generator, suffix_frac: float = 0.0) -> torch.Tensor:
+    """LLaDA SFT loss: mask the response with ratio t per row, CE on masked tokens weighted 1/t."""
+    b, n = ids.shape
+    masked, t = sample_mask(region, eps, gen, suffix_frac)
     noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)
     pos = torch.arange(n).expand(b, n)
     logits = model(noisy, pos)
@@ -395,7 +415,7 @@ def train(cfg: TrainConfig, export: str | None = None, log=print) -> dict:
                                  [responses[i] for i in idx] + [drill_r[j] for j in jdx], pad_len, eos)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, time.time() - t0, cfg)
-        loss = diffusion_loss(model, ids, region, mask_id, cfg.eps, gen)
+        loss = diffusion_loss(model, ids, region, mask_id, cfg.eps, gen, cfg.suffix_frac)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -433,7 +453,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     defaults = TrainConfig()
     for name in ("out", "d_model", "n_layers", "n_heads", "mlp_hidden_size", "steps", "batch_size",
-                 "batch_tokens", "lr", "drill_frac", "drill_equations",
+                 "batch_tokens", "lr", "drill_frac", "suffix_frac", "drill_equations",
                  "warmup", "train_problems", "seed", "threads", "save_every", "eval_every", "eval_n",
                  "time_limit_min"):
         default = getattr(defaults, name)
