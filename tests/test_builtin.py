@@ -97,7 +97,7 @@ def test_answers_end_early_and_the_rest_is_eos(model, tok, method, gen_length):
         assert sum(t in stop for t in rest) >= 0.98 * len(rest), tok.decode(gen)
 
 
-FACTS_FLOOR = 0.85  # the shipped checkpoint knows 91.8% (builtin/TRAINING.md)
+FACTS_FLOOR = 0.75  # the shipped checkpoint knows 79.1% (builtin/TRAINING.md)
 
 
 def test_knows_most_arithmetic_facts(model, tok):

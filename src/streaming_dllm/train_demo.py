@@ -6,7 +6,11 @@ token by token with probability t ~ U(eps, 1], and the cross-entropy on masked p
 weighted by 1/t and normalised by the response length. Padding lengths vary per batch (some up
 to 1024 tokens), so the model learns to fill long generation regions with EOS as an instruct
 dLLM does. A quarter of the rows (``--drill-frac``) are practice sheets of equations
-(``arith.drill``), so every arithmetic fact the problems use is seen often.
+(``arith.drill``), so every arithmetic fact the problems use is seen often. In a quarter of
+the rows (``--suffix-frac``) the masked positions are the last ``ceil(t * n)`` of the response
+rather than random ones (same ratio, weight and normalisation): the known-prefix, masked-suffix
+context that semi-autoregressive decoding gives, without which the model loses count of the
+steps of a solution (``builtin/TRAINING.md``).
 
 Training is seeded and resumable: ``train_state.pt`` in ``--out`` is picked up automatically;
 the final checkpoint (config, safetensors, tokenizer) is written to ``--out`` and, with
@@ -51,7 +55,7 @@ class TrainConfig:
     steps: int = 100_000
     batch_size: int = 32
     batch_tokens: int = 6144
-    lr: float = 1e-3
+    lr: float = 5e-4
     tie_embeddings: bool = True
     digit_embeddings: bool = False
     min_lr_ratio: float = 0.05
@@ -61,7 +65,7 @@ class TrainConfig:
     pad_lengths: tuple[int, ...] = (64, 96, 128, 256, 512, 1024)
     pad_weights: tuple[float, ...] = (0.55, 0.22, 0.12, 0.06, 0.03, 0.02)
     drill_frac: float = 0.25
-    suffix_frac: float = 0.0
+    suffix_frac: float = 0.25
     drill_equations: int = 10
     eps: float = 1e-3
     seed: int = 0
