@@ -60,6 +60,14 @@ def test_bad_flags_fail_cleanly(args, message):
     assert "Traceback" not in res.stderr
 
 
+def test_empty_prompt_on_stdin_is_a_clear_error():
+    res = subprocess.run([*CLI, "generate", "--device", "cpu"], input="  \n", capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 2
+    assert "the prompt is empty" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
 @pytest.mark.skipif(not (BUILTIN_DIR / "model.safetensors").is_file(), reason="built-in weights not built")
 def test_generate_with_builtin_prints_answer_and_summary():
     res = _run(

@@ -91,8 +91,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from .text import answer_ids, encode_prompt, stop_ids
 
     cfg = config_from_args(args)
-    model, tok = load_from_args(args)
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    if not prompt.strip():
+        raise ValueError("the prompt is empty: pass --prompt TEXT or pipe the prompt on stdin")
+    model, tok = load_from_args(args)
     ids = encode_prompt(tok, prompt, chat=not args.no_chat_template and None)
     stops = stop_ids(model, tok)
     start = time.perf_counter()
