@@ -1,29 +1,58 @@
-"""``DecodeConfig``: every decoding knob in one dataclass, validated once; plus the preset registry.
+"""``DecodeConfig``: every decoding knob in one frozen dataclass, validated once; plus the presets.
 
 A method is a preset of orthogonal parts (cache, suffix window, unmasking rule, remasking score,
-early exit), so the paper's ablations are flag changes, not code paths.
+early exit), so the paper's ablations are flag changes, not code paths. Every rule a value must
+follow lives here, once: front ends translate their inputs into a ``DecodeConfig`` and map a
+``ConfigError``'s ``field`` back to their own name for it (a CLI flag, a request field).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
-UNMASK_RULES = ("steps", "threshold", "dynamic", "factor")
-CACHE_MODES = ("none", "prefix", "dual")
-REMASKING = ("low_confidence", "random", "entropy", "margin", "maskgit_plus")
+UnmaskRule = Literal["steps", "threshold", "dynamic", "factor"]
+CacheMode = Literal["none", "prefix", "dual"]
+Remasking = Literal["low_confidence", "random", "entropy", "margin", "maskgit_plus"]
+
+UNMASK_RULES: tuple[str, ...] = get_args(UnmaskRule)
+CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
+REMASKING: tuple[str, ...] = get_args(Remasking)
+
+MAX_GEN_LENGTH = 1 << 16
+"""Largest ``gen_length`` (and ``window`` / ``tail_keep``) any config may ask for; a model's own
+context (``max_position_embeddings``) usually bounds a run well below it."""
+MAX_SEED = 2**63 - 1
 
 
-@dataclass
+class ConfigError(ValueError):
+    """A decoding setting that breaks a rule; ``field`` names the ``DecodeConfig`` field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
 class DecodeConfig:
-    """Settings of one decoding run.
+    """Settings of one decoding run (immutable: derive variants with ``replace``).
 
     Fields:
         gen_length: tokens generated after the prompt (a multiple of ``block_length``).
         block_length: positions decoded together, left to right, block by block.
         steps: total steps of the fixed schedule (``unmask="steps"``), split evenly between
-            blocks; None = ``gen_length`` (one token per step).
+            blocks; None = ``gen_length`` (one token per step); at most ``gen_length``.
         unmask: commit rule per step: ``steps`` (fixed schedule, top-k confidence), ``threshold``
             (confidence >= ``threshold``), ``dynamic`` (>= threshold * (1 - alpha * (1 - r)),
             r = share of masks in the current block + kept suffix), ``factor`` (Fast-dLLM factor
@@ -47,15 +76,15 @@ class DecodeConfig:
     gen_length: int = 256
     block_length: int = 32
     steps: int | None = None
-    unmask: str = "steps"
+    unmask: UnmaskRule = "steps"
     threshold: float = 0.9
     alpha: float = 0.0
     factor: float = 1.0
-    cache: str = "none"
+    cache: CacheMode = "none"
     window: int | None = None
     tail_keep: int = 1
     early_exit: bool = False
-    remasking: str = "low_confidence"
+    remasking: Remasking = "low_confidence"
     temperature: float = 0.0
     mask_id: int | None = None
     eos_id: int | None = None
@@ -77,81 +106,91 @@ class DecodeConfig:
     def steps_per_block(self) -> int:
         return self.total_steps // self.num_blocks
 
+    @property
+    def max_block_steps(self) -> int:
+        """Forwards a block may take before its last masks are committed at once: every rule
+        commits at least one token per step, except a fixed schedule's empty steps."""
+        return self.block_length + (self.steps_per_block if self.unmask == "steps" else 0)
+
+    def _need(self, ok: bool, name: str, rule: str) -> None:
+        if not ok:
+            raise ConfigError(name, f"DecodeConfig.{name}={getattr(self, name)!r}: {rule}")
+
     def validate(self) -> None:
-        """Raise one ValueError naming the field and the rule it breaks."""
-
-        def need(ok: bool, name: str, rule: str) -> None:
-            if not ok:
-                raise ValueError(f"DecodeConfig.{name}={getattr(self, name)!r}: {rule}")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_num(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-        need(is_int(self.gen_length) and self.gen_length > 0, "gen_length", "must be a positive integer")
-        need(
-            is_int(self.block_length) and self.block_length > 0, "block_length", "must be a positive integer"
-        )
-        need(
-            self.gen_length % self.block_length == 0,
-            "gen_length",
-            f"must be a multiple of block_length={self.block_length}",
-        )
-        need(self.unmask in UNMASK_RULES, "unmask", f"must be one of {UNMASK_RULES}")
-        need(self.cache in CACHE_MODES, "cache", f"must be one of {CACHE_MODES}")
-        need(self.remasking in REMASKING, "remasking", f"must be one of {REMASKING}")
-        need(
-            self.steps is None or (is_int(self.steps) and self.steps > 0),
-            "steps",
-            "must be a positive integer",
-        )
+        """Raise one ``ConfigError`` naming the field and the rule it breaks."""
+        need = self._need
+        for name in ("gen_length", "block_length"):
+            v = getattr(self, name)
+            need(_is_int(v) and v > 0, name, "must be a positive integer")
+            need(v <= MAX_GEN_LENGTH, name, f"must be at most {MAX_GEN_LENGTH}")
+        need(self.gen_length % self.block_length == 0, "gen_length",
+             f"must be a multiple of block_length={self.block_length}")
+        for name, choices in (("unmask", UNMASK_RULES), ("cache", CACHE_MODES), ("remasking", REMASKING)):
+            need(getattr(self, name) in choices, name, f"must be one of {choices}")
+        need(self.steps is None or (_is_int(self.steps) and self.steps > 0), "steps",
+             "must be a positive integer")
+        need(self.steps is None or self.steps <= self.gen_length, "steps",
+             f"must be at most gen_length={self.gen_length} (one token per step)")
         if self.unmask == "steps":
-            need(
-                self.total_steps % self.num_blocks == 0,
-                "steps",
-                f"must be a multiple of the number of blocks gen_length/block_length={self.num_blocks}",
-            )
-        need(is_num(self.threshold) and 0.0 < self.threshold <= 1.0, "threshold", "must be in (0, 1]")
-        need(is_num(self.alpha) and 0.0 <= self.alpha <= 1.0, "alpha", "must be in [0, 1]")
-        need(is_num(self.factor) and self.factor > 0, "factor", "must be > 0")
-        need(
-            self.window is None or (is_int(self.window) and self.window >= 0),
-            "window",
-            "must be None or >= 0",
-        )
-        need(is_int(self.tail_keep) and self.tail_keep >= 0, "tail_keep", "must be an integer >= 0")
+            need(self.total_steps % self.num_blocks == 0, "steps",
+                 f"must be a multiple of the number of blocks gen_length/block_length={self.num_blocks}")
+        need(_is_num(self.threshold) and 0.0 < self.threshold <= 1.0, "threshold", "must be in (0, 1]")
+        need(_is_num(self.alpha) and 0.0 <= self.alpha <= 1.0, "alpha", "must be in [0, 1]")
+        need(_is_num(self.factor) and 0 < self.factor <= 1e6, "factor", "must be > 0 (and at most 1e6)")
+        need(self.window is None or (_is_int(self.window) and 0 <= self.window <= MAX_GEN_LENGTH), "window",
+             f"must be None or >= 0 (and at most {MAX_GEN_LENGTH})")
+        need(_is_int(self.tail_keep) and 0 <= self.tail_keep <= MAX_GEN_LENGTH, "tail_keep",
+             f"must be an integer >= 0 (and at most {MAX_GEN_LENGTH})")
         need(isinstance(self.early_exit, bool), "early_exit", "must be a bool")
-        need(
-            is_num(self.temperature) and 0.0 <= self.temperature <= 100.0,
-            "temperature",
-            "must be in [0, 100]",
-        )
+        need(_is_num(self.temperature) and 0.0 <= self.temperature <= 100.0, "temperature",
+             "must be in [0, 100]")
         for name in ("mask_id", "eos_id", "seed"):
             v = getattr(self, name)
-            need(v is None or (is_int(v) and v >= 0), name, "must be None or a non-negative integer")
+            need(v is None or (_is_int(v) and 0 <= v <= MAX_SEED), name,
+                 "must be None or a non-negative integer (at most 2**63-1)")
 
     def replace(self, **changes: Any) -> DecodeConfig:
         """A copy with some fields changed (validated again)."""
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise ValueError(f"DecodeConfig has no field(s) {sorted(unknown)}")
+        _check_fields(changes)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def key(self) -> str:
+        """What decides the decode: equal keys give equal tokens for equal prompts and seeds, so
+        runs with equal keys may share a batch and results may be reused (the preset's name is
+        a label, not a setting)."""
+        d = self.to_dict()
+        d.pop("preset_name")
+        return json.dumps(d, sort_keys=True)
+
+    def for_budget(self, max_tokens: int) -> DecodeConfig:
+        """This config with ``gen_length`` = ``max_tokens`` rounded up to whole blocks."""
+        return self.replace(gen_length=gen_length_for(max_tokens, self.block_length))
+
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> DecodeConfig:
         """The named method with any knob overridden, e.g. ``preset("streaming", window=64)``."""
         if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(overrides) - fields
-        if unknown:
-            raise ValueError(f"DecodeConfig has no field(s) {sorted(unknown)}")
+            raise ConfigError("method", f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        _check_fields(overrides)
         return cls(**{**PRESETS[name], **overrides, "preset_name": name})
+
+
+def gen_length_for(max_tokens: int, block_length: int) -> int:
+    """The smallest whole number of blocks that holds ``max_tokens`` tokens (at least one block)."""
+    return max(1, math.ceil(max_tokens / block_length)) * block_length
+
+
+FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(DecodeConfig) if f.name != "preset_name")
+"""The knobs a front end may set (every field but the preset's label)."""
+
+
+def _check_fields(changes: dict[str, Any]) -> None:
+    unknown = set(changes) - set(FIELDS) - {"preset_name"}
+    if unknown:
+        raise ConfigError(sorted(unknown)[0], f"DecodeConfig has no field(s) {sorted(unknown)}")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 
 from .models.base import DiffusionLM
-from .models.layers import Rotary
 from .models.registry import family_for
 
 BUILTIN_NAME = "builtin"
@@ -164,16 +163,15 @@ def load_model(
     try:
         with torch.device("meta"):
             model = cls(config)
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{folder / 'config.json'}: missing or invalid key {exc}") from exc
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update(_read_weights(f, dt, dev))
     expected = dict(model.named_parameters())
-    tied = bool(config.get("tie_word_embeddings")) and cls.family == "dream"
-    if tied:
-        state.pop("lm_head.weight", None)
-        expected.pop("lm_head.weight", None)
+    for name in cls.tied_weights(config):
+        state.pop(name, None)
+        expected.pop(name, None)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -189,13 +187,8 @@ def load_model(
                 f"{tuple(expected[name].shape)}"
             )
     model.load_state_dict(state, strict=False, assign=True)
-    if tied:
-        model.lm_head.weight = model.model.embed_tokens.weight
-    for module in model.modules():
-        if isinstance(module, Rotary):
-            module.reset(dev)
+    model.post_load(dev)
     model.name_or_path = str(folder)
-    model.requested_name = str(name_or_path)
     model.trust_remote_code = trust_remote_code
     return model.eval().requires_grad_(False)
 
@@ -210,7 +203,7 @@ def load_tokenizer(model_or_path: DiffusionLM | str | os.PathLike, trust_remote_
 
     if isinstance(model_or_path, DiffusionLM):
         folder = Path(model_or_path.name_or_path)
-        trust_remote_code = trust_remote_code or getattr(model_or_path, "trust_remote_code", False)
+        trust_remote_code = trust_remote_code or model_or_path.trust_remote_code
     else:
         folder = resolve_checkpoint(model_or_path)
     has_tok = any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))

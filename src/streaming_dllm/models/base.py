@@ -1,4 +1,4 @@
-"""What every model family provides to the decoder: the forward contract and its traits."""
+"""What every model family provides to the decoder: the forward contract, its traits and ids."""
 
 from __future__ import annotations
 
@@ -9,6 +9,11 @@ import torch
 from torch import nn
 
 from ..kv_cache import KVCache
+from .layers import Rotary
+
+LogitRows = slice | tuple[torch.Tensor, torch.Tensor] | None
+"""Which fed rows get logits: all (None), a slice of every batch row ([B, k, V]), or flat
+(batch index, row index) pairs ([N, V]): the head runs only where the decoder needs it."""
 
 
 @dataclass(frozen=True)
@@ -31,23 +36,100 @@ class FamilyTraits:
     schedule_eps: float = 1e-3
 
 
+@dataclass(frozen=True)
+class TokenIds:
+    """The special ids one decode uses, resolved and checked once (``DiffusionLM.token_ids``)."""
+
+    mask: int
+    eos: int | None
+    pad: int
+
+
 class DiffusionLM(nn.Module):
     """Base of the model families: architecture only, no decoding logic.
 
     ``forward(input_ids, position_ids, cache=None, key_mask=None, logits_rows=None)`` returns
-    logits [batch, n, vocab]; ``logits_rows`` (a slice over the fed tokens) limits the LM head to
-    the rows the decoder needs, which matters with a 126k-token vocabulary.
+    logits; ``logits_rows`` (see ``LogitRows``) limits the LM head to the rows the decoder needs,
+    which matters with a 126k-token vocabulary.
+
+    A family declares what differs once: its ``traits``, the config keys it is built from
+    (``positive_keys``, ``vocab_keys``, ``context_keys``), where its layers' weights live
+    (``layer_prefix``) and which weights it ties (``tied_weights``).
     """
 
     family: ClassVar[str]
     traits: ClassVar[FamilyTraits]
     model_types: ClassVar[tuple[str, ...]] = ()
     architectures: ClassVar[tuple[str, ...]] = ()
+    positive_keys: ClassVar[tuple[str, ...]] = ()
+    """config.json keys that must be positive integers for the architecture to be built."""
+    vocab_keys: ClassVar[tuple[str, ...]] = ("vocab_size",)
+    """config.json keys of the vocabulary size, first present wins (the embedding's rows)."""
+    context_keys: ClassVar[tuple[str, ...]] = ("max_position_embeddings",)
+    """config.json keys of the longest sequence the model was built for, first present wins."""
+    heads_keys: ClassVar[tuple[str, str, str]] = ("hidden_size", "num_attention_heads", "num_key_value_heads")
+    """config.json keys of (model width, query heads, K/V heads)."""
+    layers_key: ClassVar[str] = "num_hidden_layers"
+    layer_prefix: ClassVar[str] = "model.layers."
+    rotary: Rotary
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
         self.config = dict(config)
         self.name_or_path: str = ""
+        self.trust_remote_code = False
+
+    # ---------------------------------------------------------------- the checkpoint's contract
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> None:
+        """Raise ValueError naming the first config key the architecture cannot be built from."""
+        for key in cls.positive_keys:
+            v = config.get(key)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+                raise ValueError(f"{key}={v!r}: must be a positive integer")
+        width, heads, kv_key = cls.heads_keys
+        kv = config.get(kv_key) or config[heads]
+        if not (isinstance(kv, int) and kv > 0 and config[heads] % kv == 0):
+            raise ValueError(f"{kv_key}={kv!r}: must be a positive divisor of {heads}={config[heads]}")
+        if config[width] % config[heads] or (config[width] // config[heads]) % 2:
+            raise ValueError(
+                f"{width}={config[width]}: must be {heads}={config[heads]} times an even head size"
+            )
+        vocab = cls.vocab_size_of(config)
+        if vocab is None:
+            raise ValueError(f"{cls.vocab_keys[0]}: missing, or not a positive integer")
+
+    @classmethod
+    def vocab_size_of(cls, config: dict[str, Any]) -> int | None:
+        for key in cls.vocab_keys:
+            v = config.get(key)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+        return None
+
+    @classmethod
+    def tied_weights(cls, config: dict[str, Any]) -> dict[str, str]:
+        """Weights that alias another (name -> source name): not read from the checkpoint."""
+        return {}
+
+    def post_load(self, device: torch.device) -> None:
+        """Rebuild what is not a weight (after building on the meta device and assigning weights)."""
+        for target, source in self.tied_weights(self.config).items():
+            _set_param(self, target, self.get_parameter(source))
+        self.rotary.reset(device)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.vocab_size_of(self.config) or self.parts()[0].num_embeddings)
+
+    @property
+    def max_context(self) -> int | None:
+        """The longest sequence (prompt + generation) the checkpoint declares, or None."""
+        for key in self.context_keys:
+            v = self.config.get(key)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+        return None
 
     # Special ids come from the checkpoint's config; the decoder never hard-codes them.
     @property
@@ -63,6 +145,30 @@ class DiffusionLM(nn.Module):
     def pad_id(self) -> int | None:
         return self.config.get("pad_token_id", self.eos_id)
 
+    def token_ids(self, mask_id: int | None = None, eos_id: int | None = None) -> TokenIds:
+        """The ids of a decode: overrides first, else the checkpoint's; refused when unusable.
+
+        The mask id must be a vocabulary id other than EOS and pad: a decode that commits the
+        mask id, or cannot tell a mask from padding, never ends.
+        """
+        vocab = self.vocab_size
+        mask = mask_id if mask_id is not None else self.mask_id
+        eos = eos_id if eos_id is not None else self.eos_id
+        if mask is None:
+            raise ValueError(
+                "mask_id: the checkpoint's config has no mask_token_id; set DecodeConfig.mask_id"
+            )
+        pad = self.pad_id if self.pad_id is not None else (eos if eos is not None else 0)
+        for name, value in (("mask_id", mask), ("eos_id", eos)):
+            if value is not None and not (isinstance(value, int) and 0 <= value < vocab):
+                raise ValueError(f"{name}={value!r}: outside the vocabulary [0, {vocab})")
+        if mask == eos:
+            raise ValueError(f"mask_id={mask}: equals the EOS id; the mask id must be a token of its own")
+        if mask == pad:
+            raise ValueError(f"mask_id={mask}: equals the pad id; the mask id must be a token of its own")
+        return TokenIds(mask=mask, eos=eos, pad=pad)
+
+    # ---------------------------------------------------------------- the forward
     @property
     def num_layers(self) -> int:
         return len(self.parts()[1])
@@ -77,14 +183,16 @@ class DiffusionLM(nn.Module):
         position_ids: torch.Tensor,
         cache: KVCache | None = None,
         key_mask: torch.Tensor | None = None,
-        logits_rows: slice | None = None,
+        logits_rows: LogitRows = None,
     ) -> torch.Tensor:
         embed, layers, norm, head = self.parts()
         x = embed(input_ids)
         cos, sin = self.rotary.cos_sin(position_ids)
         for i, layer in enumerate(layers):
             x = layer(x, cos, sin, i, cache, key_mask)
-        if logits_rows is not None:
+        if isinstance(logits_rows, tuple):
+            x = x[logits_rows]
+        elif logits_rows is not None:
             x = x[:, logits_rows]
         return head(norm(x))
 
@@ -103,6 +211,11 @@ class DiffusionLM(nn.Module):
     def matches(cls, config: dict[str, Any]) -> bool:
         """Whether a checkpoint's config.json describes this family."""
         model_type = str(config.get("model_type", "")).lower()
-        return model_type in cls.model_types or bool(
-            set(config.get("architectures") or []) & set(cls.architectures)
-        )
+        archs = config.get("architectures")
+        archs = archs if isinstance(archs, list) else []
+        return model_type in cls.model_types or bool({str(a) for a in archs} & set(cls.architectures))
+
+
+def _set_param(root: nn.Module, name: str, param: nn.Parameter) -> None:
+    owner, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(owner) if owner else root, leaf, param)

@@ -70,9 +70,15 @@ class DreamModel(DiffusionLM):
         schedule="linspace",
         first_token_at_block_start=True,
     )
+    positive_keys = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size")
+
+    @classmethod
+    def tied_weights(cls, config: dict[str, Any]) -> dict[str, str]:
+        return {"lm_head.weight": "model.embed_tokens.weight"} if config.get("tie_word_embeddings") else {}
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
+        self.check_config(config)
         if config.get("rope_scaling"):
             raise ValueError("Dream config with rope_scaling is not supported")
         d = config["hidden_size"]
@@ -88,7 +94,7 @@ class DreamModel(DiffusionLM):
         self.model.norm = RMSNorm(d, eps)
         self.lm_head = nn.Linear(d, config["vocab_size"], bias=False)
         self.rotary = Rotary(d // heads, config.get("rope_theta", 10000.0))
-        if config.get("tie_word_embeddings"):
+        if self.tied_weights(config):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def parts(self) -> tuple[nn.Module, nn.ModuleList, nn.Module, nn.Module]:

@@ -53,7 +53,7 @@ class LLaDATransformer(nn.Module):
         kv_heads = cfg.get("n_kv_heads") or heads
         hidden = cfg.get("mlp_hidden_size") or cfg.get("mlp_ratio", 4) * d
         eps = cfg.get("rms_norm_eps", 1e-5)
-        vocab = cfg.get("embedding_size") or cfg["vocab_size"]
+        vocab = LLaDAModel.vocab_size_of(cfg)
         bias = bool(cfg.get("include_bias", False))
         self.wte = nn.Embedding(vocab, d)
         self.blocks = nn.ModuleList(
@@ -68,9 +68,16 @@ class LLaDAModel(DiffusionLM):
     model_types = ("llada",)
     architectures = ("LLaDAModelLM",)
     traits = FamilyTraits(logit_shift=False, confidence_dtype=torch.float64, schedule="even")
+    positive_keys = ("d_model", "n_heads", "n_layers")
+    vocab_keys = ("embedding_size", "vocab_size")
+    context_keys = ("max_sequence_length", "max_position_embeddings")
+    heads_keys = ("d_model", "n_heads", "n_kv_heads")
+    layers_key = "n_layers"
+    layer_prefix = "model.transformer.blocks."
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
+        self.check_config(config)
         for key in ("alibi", "weight_tying", "input_emb_norm", "attention_layer_norm", "scale_logits"):
             if config.get(key):
                 raise ValueError(f"LLaDA config option {key}=true is not supported")
