@@ -16,7 +16,7 @@ from . import suites
 
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``bench`` on the main CLI."""
-    from ..cli import add_model_args
+    from ..cli.options import add_model_args
 
     p = subparsers.add_parser(
         "bench",
@@ -96,7 +96,7 @@ def _clean(obj: Any) -> Any:
 def run_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from ..cli import load_from_args
+    from ..cli.options import load_from_args
     from ..tasks import arith
     from . import plots, report
     from .runner import BenchContext, planned_calls, run_group

@@ -1,13 +1,18 @@
-"""Command line: ``streaming-dllm generate | serve | bench``; parses, validates and reports."""
+"""The front-end kit: the flags, rules and error reporting every command shares.
+
+``generate``, ``bench``, ``serve`` and ``python -m streaming_dllm.tasks.arith_eval`` all take
+their model flags from ``add_model_args`` and their decoding flags from ``add_decode_args``, and
+build their ``DecodeConfig`` with ``config_from_args``; a ``ConfigError`` names the flag the user
+typed (``--gen-length``), not only the ``DecodeConfig`` field.
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
-import time
+import importlib
 from typing import Any
 
-from .config import PRESETS, DecodeConfig
+from ..config import FIELDS, PRESETS, ConfigError, DecodeConfig
 
 _KNOBS: list[tuple[str, Any, str]] = [
     ("gen_length", int, "tokens to generate after the prompt (multiple of --block-length)"),
@@ -26,6 +31,13 @@ _KNOBS: list[tuple[str, Any, str]] = [
     ("eos_id", int, "EOS id for early exit (default: from the checkpoint)"),
     ("seed", int, "seed for sampling / random remasking"),
 ]
+KNOB_NAMES = tuple(k[0] for k in _KNOBS) + ("early_exit",)
+assert set(KNOB_NAMES) == set(FIELDS), "every DecodeConfig field has a flag"
+
+
+def flag(field: str) -> str:
+    """The CLI flag of a ``DecodeConfig`` field (``gen_length`` -> ``--gen-length``)."""
+    return "--" + field.replace("_", "-")
 
 
 def _window(value: str) -> int | None:
@@ -42,8 +54,7 @@ def add_decode_args(parser: argparse.ArgumentParser, default_method: str = "stre
     g = parser.add_argument_group("decoding (a preset, then any knob overridden)")
     g.add_argument("--method", default=default_method, choices=sorted(PRESETS), help="decoding preset")
     for name, typ, help_text in _KNOBS:
-        flag = "--" + name.replace("_", "-")
-        g.add_argument(flag, dest=name, type=typ or _window, default=argparse.SUPPRESS, help=help_text)
+        g.add_argument(flag(name), dest=name, type=typ or _window, default=argparse.SUPPRESS, help=help_text)
     g.add_argument(
         "--early-exit",
         dest="early_exit",
@@ -56,13 +67,17 @@ def add_decode_args(parser: argparse.ArgumentParser, default_method: str = "stre
 def config_from_args(args: argparse.Namespace, **defaults: Any) -> DecodeConfig:
     """DecodeConfig of the chosen preset with the flags that were given; errors name the flag."""
     overrides = dict(defaults)
-    for name in [k[0] for k in _KNOBS] + ["early_exit"]:
+    for name in KNOB_NAMES:
         if hasattr(args, name):
             overrides[name] = getattr(args, name)
-    return DecodeConfig.preset(args.method, **overrides)
+    try:
+        return DecodeConfig.preset(args.method, **overrides)
+    except ConfigError as exc:
+        raise ConfigError(exc.field, f"{flag(exc.field)}: {exc}") from None
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """--model, --device, --dtype, --revision, --allow-pickle, --trust-remote-code."""
     g = parser.add_argument_group("model")
     g.add_argument("--model", default="builtin", help="local folder, hub id, or 'builtin' (default)")
     g.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default)")
@@ -73,7 +88,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def load_from_args(args: argparse.Namespace):
-    from .loading import load_model, load_tokenizer
+    """(model, tokenizer) as the model flags say."""
+    from ..loading import load_model, load_tokenizer
 
     model = load_model(
         args.model,
@@ -86,86 +102,16 @@ def load_from_args(args: argparse.Namespace):
     return model, load_tokenizer(model, trust_remote_code=args.trust_remote_code)
 
 
-def _cmd_generate(args: argparse.Namespace) -> int:
-    from .engine import stream
-    from .text import answer_ids, encode_prompt, stop_ids
-
-    cfg = config_from_args(args)
-    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
-    if not prompt.strip():
-        raise ValueError("the prompt is empty: pass --prompt TEXT or pipe the prompt on stdin")
-    model, tok = load_from_args(args)
-    ids = encode_prompt(tok, prompt, chat=not args.no_chat_template and None)
-    stops = stop_ids(model, tok)
-    start = time.perf_counter()
-    generated: list[int] = []
-    printed = ""
-    nfe = 0
-    for chunk in stream(model, [ids], cfg):
-        generated += chunk.tokens[0].tolist()
-        nfe = chunk.nfe
-        answer = answer_ids(generated, stops)
-        text = tok.decode(answer, skip_special_tokens=True)
-        # The method decides when decoding stops (early exit or not); printing stops at the answer.
-        sys.stdout.write(text[len(printed) :] if text.startswith(printed) else "\n" + text)
-        sys.stdout.flush()
-        printed = text
-    elapsed = time.perf_counter() - start
-    n_tokens = sum(t != model.eos_id for t in generated)
-    print(
-        f"\n[{cfg.preset_name}] {n_tokens} tokens, nfe {nfe}, {elapsed:.2f} s, "
-        f"{n_tokens / max(elapsed, 1e-9):.1f} tokens/s",
-        file=sys.stderr,
-    )
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="streaming-dllm",
-        description="Fast inference for diffusion language models (Streaming-dLLM, Fast-dLLM, vanilla).",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="generate text for one prompt, printed block by block")
-    gen.add_argument("--prompt", default=None, help="the prompt (default: read stdin)")
-    gen.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
-    add_model_args(gen)
-    add_decode_args(gen)
-    gen.set_defaults(func=_cmd_generate)
-    for register in _extra_commands():
-        register(sub)
-    return parser
-
-
-def _extra_commands():
-    """Subcommands owned by other front ends (server, benchmarks)."""
-    out = []
+def require_extra(module: str, extra: str, command: str) -> None:
+    """Fail with a message naming the extra to install when ``module`` cannot be imported."""
     try:
-        from .server.cli import add_serve_parser
-
-        out.append(add_serve_parser)
-    except ImportError:
-        pass
-    try:
-        from .bench.cli import add_bench_parser
-
-        out.append(add_bench_parser)
-    except ImportError:
-        pass
-    return out
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtra(
+            f"{command} needs the [{extra}] extra ({exc.name or module} is not installed): "
+            f"pip install 'streaming-dllm[{extra}]'"
+        ) from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except ValueError as exc:
-        parser.exit(2, f"streaming-dllm: error: {exc}\n")
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+class MissingExtra(RuntimeError):
+    """An optional dependency group a command needs is not installed."""

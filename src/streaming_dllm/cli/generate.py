@@ -1,0 +1,53 @@
+"""``streaming-dllm generate``: one prompt, its answer printed block by block as it becomes final."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .options import add_decode_args, add_model_args, config_from_args, load_from_args
+
+
+def add_generate_parser(subparsers) -> argparse.ArgumentParser:
+    gen = subparsers.add_parser("generate", help="generate text for one prompt, printed block by block")
+    gen.add_argument("--prompt", default=None, help="the prompt (default: read stdin)")
+    gen.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
+    add_model_args(gen)
+    add_decode_args(gen)
+    gen.set_defaults(func=_cmd_generate)
+    return gen
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from ..engine import stream
+    from ..text import answer_ids, encode_prompt, stop_ids
+
+    cfg = config_from_args(args)
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    if not prompt.strip():
+        raise ValueError("the prompt is empty: pass --prompt TEXT or pipe the prompt on stdin")
+    model, tok = load_from_args(args)
+    ids = encode_prompt(tok, prompt, chat=not args.no_chat_template and None)
+    stops = stop_ids(model, tok)
+    start = time.perf_counter()
+    generated: list[int] = []
+    printed = ""
+    nfe = 0
+    for chunk in stream(model, [ids], cfg):
+        generated += chunk.tokens[0].tolist()
+        nfe = chunk.nfe
+        answer = answer_ids(generated, stops)
+        text = tok.decode(answer, skip_special_tokens=True)
+        # The method decides when decoding stops (early exit or not); printing stops at the answer.
+        sys.stdout.write(text[len(printed) :] if text.startswith(printed) else "\n" + text)
+        sys.stdout.flush()
+        printed = text
+    elapsed = time.perf_counter() - start
+    n_tokens = sum(t != model.eos_id for t in generated)
+    print(
+        f"\n[{cfg.preset_name}] {n_tokens} tokens, nfe {nfe}, {elapsed:.2f} s, "
+        f"{n_tokens / max(elapsed, 1e-9):.1f} tokens/s",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,34 @@
+"""The ``streaming-dllm`` parser: one subcommand per front end, errors as one line with rc 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..bench.cli import add_bench_parser
+from ..server.cli import add_serve_parser
+from .generate import add_generate_parser
+from .options import MissingExtra
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streaming-dllm",
+        description="Fast inference for diffusion language models (Streaming-dLLM, Fast-dLLM, vanilla).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for register in (add_generate_parser, add_serve_parser, add_bench_parser):
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, MissingExtra) as exc:
+        parser.exit(2, f"streaming-dllm: error: {exc}\n")
+    except KeyboardInterrupt:
+        return 130
