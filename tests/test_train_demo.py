@@ -1,17 +1,18 @@
-"""Smoke test of the demo training script: a few steps of a tiny model, resume, export, reload."""
+"""Smoke test of the demo training package: a few steps of a tiny model, resume, export, reload."""
 
 import json
 import math
 
+import pytest
 import torch
 
 import streaming_dllm as sd
-from streaming_dllm import train_demo
+from streaming_dllm import training
 from streaming_dllm.tasks import arith
 
 
 def _cfg(out, steps):
-    return train_demo.TrainConfig(
+    return training.TrainConfig(
         out=str(out), d_model=32, n_layers=2, n_heads=2, mlp_hidden_size=64, steps=steps, batch_size=4,
         batch_tokens=512, train_problems=64, pad_lengths=(64, 128), pad_weights=(0.5, 0.5), threads=1,
         save_every=2, eval_every=2, eval_n=2, warmup=2,
@@ -20,12 +21,12 @@ def _cfg(out, steps):
 
 def test_train_resume_export_and_load(tmp_path):
     out, export = tmp_path / "run", tmp_path / "ckpt"
-    first = train_demo.train(_cfg(out, 2), log=lambda _: None)
+    first = training.train(_cfg(out, 2), log=lambda _: None)
     assert first["step"] == 2
     state = torch.load(out / "train_state.pt", weights_only=True)
     assert int(state["step"]) == 2
 
-    second = train_demo.train(_cfg(out, 4), export=str(export), log=lambda _: None)
+    second = training.train(_cfg(out, 4), export=str(export), log=lambda _: None)
     assert second["step"] == 4
     assert 0.0 <= second["dev_acc"] <= 1.0
 
@@ -47,7 +48,7 @@ def test_train_resume_export_and_load(tmp_path):
 
 
 def test_batches_keep_prompt_unmasked_and_pad_with_eos():
-    ids, region = train_demo.make_batch([[5, 6, 7], [8]], [[9, 2], [10, 11, 2]], pad_len=6, eos=1)
+    ids, region = training.make_batch([[5, 6, 7], [8]], [[9, 2], [10, 11, 2]], pad_len=6, eos=1)
     assert ids.shape == (2, 9)
     assert ids[0].tolist() == [5, 6, 7, 9, 2, 1, 1, 1, 1]
     assert ids[1].tolist() == [8, 10, 11, 2, 1, 1, 1, 1, 1]
@@ -65,9 +66,9 @@ def test_loss_only_counts_masked_response_tokens():
     ids = torch.randint(4, vocab, (4, 10))
     no_region = torch.zeros_like(ids, dtype=torch.bool)
     gen = torch.Generator().manual_seed(0)
-    assert train_demo.diffusion_loss(model, ids, no_region, 3, 1e-3, gen).item() == 0.0
+    assert training.diffusion_loss(model, ids, no_region, 3, 1e-3, gen).item() == 0.0
     region = torch.ones_like(no_region)
-    loss = train_demo.diffusion_loss(model, ids, region, 3, 1e-3, gen)
+    loss = training.diffusion_loss(model, ids, region, 3, 1e-3, gen)
     assert loss.item() > 0
     loss.backward()
     assert model.model.transformer.wte.weight.grad is not None
@@ -75,15 +76,15 @@ def test_loss_only_counts_masked_response_tokens():
 
 def test_digit_factored_number_rows_train_shared_digits_and_export_plain(tmp_path):
     tok = sd.load_tokenizer("builtin")
-    config = train_demo.model_config(_cfg(tmp_path, 1), tok)
+    config = training.model_config(_cfg(tmp_path, 1), tok)
     model = sd.models.llada.LLaDAModel(config)
-    train_demo.init_weights(model, config["n_layers"])
-    train_demo.tie_embeddings(model)
-    train_demo.add_digit_embeddings(model, tok)
+    training.init_weights(model, config["n_layers"])
+    training.tie_embeddings(model)
+    training.add_digit_embeddings(model, tok)
     t = model.model.transformer
     digits = t.wte.parametrizations.weight[0]
     free = t.wte.parametrizations.weight.original
-    ids, values = train_demo.number_tokens(tok)
+    ids, values = training.number_tokens(tok)
     (seventeen,) = tok(" 17", add_special_tokens=False)["input_ids"]
     assert values[ids.index(seventeen)] == 17
     assert sorted(set(values)) == list(range(arith.MAX_VALUE + 1))
@@ -100,7 +101,7 @@ def test_digit_factored_number_rows_train_shared_digits_and_export_plain(tmp_pat
     model(x, pos).logsumexp(-1).sum().backward()
     assert digits.units.grad is not None and digits.units.grad.abs().sum() > 0
 
-    train_demo.save_checkpoint(model, config, tmp_path)
+    training.save_checkpoint(model, config, tmp_path)
     from safetensors.torch import load_file
 
     state = load_file(str(tmp_path / "model.safetensors"))
@@ -114,12 +115,21 @@ def test_digit_factored_number_rows_train_shared_digits_and_export_plain(tmp_pat
 def test_suffix_rows_mask_a_tail_of_the_response_with_ratio_t():
     region = torch.ones(64, 40, dtype=torch.bool)
     region[:, :10] = False  # a 10-token prompt, 30 response positions
-    masked, t = train_demo.sample_mask(region, 1e-3, torch.Generator().manual_seed(0), suffix_frac=1.0)
+    masked, t = training.sample_mask(region, 1e-3, torch.Generator().manual_seed(0), suffix_frac=1.0)
     for row, ratio in zip(masked, t, strict=True):
         k = int(row.sum())
         assert k == math.ceil(ratio.item() * 30)
         assert row[40 - k :].all() and not row[: 40 - k].any()
-    random_masked, _ = train_demo.sample_mask(region, 1e-3, torch.Generator().manual_seed(0))
+    random_masked, _ = training.sample_mask(region, 1e-3, torch.Generator().manual_seed(0))
     assert not (random_masked & ~region).any()
     tails = [bool(r[40 - int(r.sum()) :].all()) for r in random_masked if r.sum() > 2]
     assert not all(tails)  # without suffix rows the masks are scattered, not tails
+
+
+def test_command_line_lives_in_the_training_package(capsys):
+    from streaming_dllm.training import train_demo
+
+    with pytest.raises(SystemExit) as exit_info:
+        train_demo.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "-m streaming_dllm.training.train_demo" in " ".join(capsys.readouterr().out.split())
