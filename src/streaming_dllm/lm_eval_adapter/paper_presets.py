@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-FAMILIES = ("dream", "llada", "llada-1.5")
+PAPER_MODELS = ("dream", "llada", "llada-1.5")
+"""The model families of the paper's runs (not ``models.registry.FAMILIES``, the architectures)."""
 TASKS = ("humaneval", "gsm8k", "mbpp", "math")
 GEN_LENGTHS = (256, 512)
 BLOCK_LENGTH = 32
@@ -29,15 +30,14 @@ class PaperTask:
 
     lm_eval_task: str
     num_fewshot: int
-    needs_code_eval: bool = False
 
 
 # Dream's GSM8K row is the chain-of-thought variant (Table 11: "GSM8K-CoT (5-shot)").
 PAPER_TASKS: dict[tuple[str, str], PaperTask] = {}
-for _fam in FAMILIES:
-    PAPER_TASKS[(_fam, "humaneval")] = PaperTask("humaneval", 0, needs_code_eval=True)
+for _fam in PAPER_MODELS:
+    PAPER_TASKS[(_fam, "humaneval")] = PaperTask("humaneval", 0)
     PAPER_TASKS[(_fam, "gsm8k")] = PaperTask("gsm8k_cot" if _fam == "dream" else "gsm8k", 5)
-    PAPER_TASKS[(_fam, "mbpp")] = PaperTask("mbpp", 3, needs_code_eval=True)
+    PAPER_TASKS[(_fam, "mbpp")] = PaperTask("mbpp", 3)
     PAPER_TASKS[(_fam, "math")] = PaperTask("minerva_math", 4)
 
 # (family, task) -> {gen_length: (window, alpha)}; tau0 = 0.9 and block size 32 in every row.
@@ -72,7 +72,7 @@ def paper_preset(name: str) -> dict[str, Any]:
     if key not in PAPER_PRESETS:
         raise ValueError(
             f"preset={name!r}: unknown paper preset; use <family>/<task>/<gen_length> with family in "
-            f"{FAMILIES}, task in {TASKS}, gen_length in {GEN_LENGTHS} (e.g. 'llada-1.5/gsm8k/512')"
+            f"{PAPER_MODELS}, task in {TASKS}, gen_length in {GEN_LENGTHS} (e.g. 'llada-1.5/gsm8k/512')"
         )
     return dict(PAPER_PRESETS[key])
 
@@ -88,17 +88,3 @@ def paper_preset_parts(name: str) -> tuple[str, str, int]:
     fam, task, n = name.strip().lower().split("/")
     return fam, task, int(n)
 
-
-def markdown_table() -> str:
-    """Table 11 as a Markdown table (the one in docs/lm_eval.md)."""
-    lines = [
-        "| preset | harness task | shots | gen_length | window | tau0 | alpha | block |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, p in PAPER_PRESETS.items():
-        t = paper_task(name)
-        lines.append(
-            f"| `{name}` | {t.lm_eval_task} | {t.num_fewshot} | {p['gen_length']} | {p['window']} | "
-            f"{p['threshold']} | {p['alpha']} | {p['block_length']} |"
-        )
-    return "\n".join(lines)
