@@ -109,3 +109,58 @@ def test_drill_sheets_cover_every_equation_the_problems_use():
     assert len(eqs) == 12 and set(eqs) <= table
     assert sheet.answer == int(eqs[-1].split()[-1])
     assert sheet == arith.drill(random.Random(3), 12)
+
+
+needs_builtin = pytest.mark.skipif(
+    not (__import__("streaming_dllm.loading").loading.BUILTIN_DIR / "model.safetensors").is_file(),
+    reason="built-in weights not built")
+
+
+@pytest.mark.parametrize(("device", "message"), [("meta", "--device"), ("cuda", "CUDA is not available")])
+def test_arith_eval_refuses_a_device_it_cannot_run_on(device, message, capsys):
+    import torch
+
+    from streaming_dllm.tasks import arith_eval
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(SystemExit) as exc:
+        arith_eval.main(["--n", "1", "--device", device, "--no-progress"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in err and "Traceback" not in err
+
+
+@needs_builtin
+def test_arith_eval_takes_model_and_decoding_flags_from_the_kit(capsys):
+    """--dtype reaches the model (it used to load float32 on CPU whatever was asked); the
+    decoding flags are the kit's, with arith_eval's own defaults (vanilla, 256, 32)."""
+    import json
+
+    from streaming_dllm.tasks import arith_eval
+
+    arith_eval.main(["--n", "1", "--dtype", "bfloat16", "--device", "cpu", "--gen-length", "32",
+                     "--no-progress"])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["dtype"] == "bfloat16" and row["device"] == "cpu"
+    assert row["method"] == "vanilla" and row["gen_length"] == 32 and row["n"] == 1
+    args = arith_eval.build_parser().parse_args([])
+    from streaming_dllm.cli.options import config_from_args
+
+    cfg = config_from_args(args, gen_length=arith_eval.GEN_LENGTH, block_length=arith_eval.BLOCK_LENGTH)
+    assert (cfg.preset_name, cfg.gen_length, cfg.block_length) == ("vanilla", 256, 32)
+
+
+@needs_builtin
+def test_arith_eval_encodes_prompts_with_the_one_chat_encoding():
+    import streaming_dllm as sd
+    from streaming_dllm.tasks import arith_eval
+    from streaming_dllm.text import encode_chat
+
+    tok = sd.load_tokenizer(sd.load_model("builtin", device="cpu"))
+    problems = arith.problems("test", 3)
+    texts = [tok.apply_chat_template(arith.messages(p), add_generation_prompt=True, tokenize=False)
+             for p in problems]
+    old = tok(texts, add_special_tokens=False)["input_ids"]
+    assert arith_eval.encode_prompts(tok, problems) == old == [encode_chat(tok, arith.messages(p))
+                                                               for p in problems]

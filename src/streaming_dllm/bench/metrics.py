@@ -114,14 +114,11 @@ def paired_time_speedup(result: MethodResult, reference: MethodResult | None) ->
 
 def reference_key(preset: str, like: DecodeConfig) -> str:
     """The key of ``preset`` at the generation and block length of ``like``."""
-    from .runner import Method
-
-    cfg = DecodeConfig.preset(preset, gen_length=like.gen_length, block_length=like.block_length)
-    return Method(preset, cfg).key
+    return DecodeConfig.preset(preset, gen_length=like.gen_length, block_length=like.block_length).key()
 
 
 def find_reference(results: list[MethodResult], preset: str, like: DecodeConfig) -> MethodResult | None:
     """The result (from any group) decoded with ``preset`` at ``like``'s lengths, most samples first."""
     key = reference_key(preset, like)
-    hits = [r for r in results if r.method.key == key]
+    hits = [r for r in results if r.method.config.key() == key]
     return max(hits, key=lambda r: len(r.samples), default=None)

@@ -7,7 +7,6 @@ rotates each batch) rather than running one after the other. Each call is timed 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,8 +17,8 @@ import torch
 from ..config import DecodeConfig
 from ..engine import generate
 from ..tasks import arith
-from ..tasks.arith_eval import answer_text, encode_prompts, used_positions
-from ..text import stop_ids
+from ..tasks.arith_eval import answer_text, encode_prompts
+from ..text import stop_ids, used_positions
 from .memory import PeakMemory
 
 
@@ -32,13 +31,6 @@ class Method:
     n: int | None = None
     params: dict[str, Any] = field(default_factory=dict)
     note: str = ""
-
-    @property
-    def key(self) -> str:
-        """Identity of the decoding run (label and preset name excluded)."""
-        cfg = self.config.to_dict()
-        cfg.pop("preset_name", None)
-        return json.dumps(cfg, sort_keys=True)
 
 
 @dataclass
@@ -152,7 +144,7 @@ def _run_batch(
 
 
 def _reuse(ctx: BenchContext, method: Method, n: int) -> tuple[str, MethodResult] | None:
-    hit = ctx.done.get((method.key, ctx.batch_size))
+    hit = ctx.done.get((method.config.key(), ctx.batch_size))
     if hit is None or hit[1].n_planned < n or hit[1].stopped == "time budget" and len(hit[1].samples) < n:
         return None
     where, old = hit
@@ -203,7 +195,7 @@ def run_group(
                 res.stopped = "time budget"
     where = f"{group.suite}/{group.name}"
     for res in todo:
-        ctx.done.setdefault((res.method.key, ctx.batch_size), (where, res))
+        ctx.done.setdefault((res.method.config.key(), ctx.batch_size), (where, res))
     return results
 
 

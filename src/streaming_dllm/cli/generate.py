@@ -6,11 +6,27 @@ import argparse
 import sys
 import time
 
-from .options import add_decode_args, add_model_args, config_from_args, load_from_args
+from .options import (
+    add_decode_args,
+    add_model_args,
+    check_context,
+    check_model_args,
+    check_token_ids,
+    config_from_args,
+    load_from_args,
+    presets_text,
+    read_stdin_text,
+)
 
 
 def add_generate_parser(subparsers) -> argparse.ArgumentParser:
-    gen = subparsers.add_parser("generate", help="generate text for one prompt, printed block by block")
+    gen = subparsers.add_parser(
+        "generate",
+        help="generate text for one prompt, printed block by block",
+        description="Generate text for one prompt, printed block by block as it becomes final.",
+        epilog=presets_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     gen.add_argument("--prompt", default=None, help="the prompt (default: read stdin)")
     gen.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
     add_model_args(gen)
@@ -24,11 +40,15 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from ..text import answer_ids, encode_prompt, stop_ids
 
     cfg = config_from_args(args)
-    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    check_model_args(args)
+    prompt = args.prompt if args.prompt is not None else read_stdin_text()
+    prompt_flag = "--prompt" if args.prompt is not None else "--prompt (stdin)"
     if not prompt.strip():
         raise ValueError("the prompt is empty: pass --prompt TEXT or pipe the prompt on stdin")
     model, tok = load_from_args(args)
-    ids = encode_prompt(tok, prompt, chat=not args.no_chat_template and None)
+    check_token_ids(model, cfg)
+    ids = encode_prompt(tok, prompt, chat=False if args.no_chat_template else None)
+    check_context(model, len(ids), cfg, prompt_flag)
     stops = stop_ids(model, tok)
     start = time.perf_counter()
     generated: list[int] = []
@@ -44,7 +64,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         printed = text
     elapsed = time.perf_counter() - start
-    n_tokens = sum(t != model.eos_id for t in generated)
+    # Counted as the server's completion_tokens: the answer's tokens, up to its end.
+    n_tokens = len(answer_ids(generated, stops))
     print(
         f"\n[{cfg.preset_name}] {n_tokens} tokens, nfe {nfe}, {elapsed:.2f} s, "
         f"{n_tokens / max(elapsed, 1e-9):.1f} tokens/s",

@@ -8,7 +8,7 @@ import sys
 from ..bench.cli import add_bench_parser
 from ..server.cli import add_serve_parser
 from .generate import add_generate_parser
-from .options import MissingExtra
+from .options import MissingExtra, check_argv
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
+    try:
+        check_argv(argv)
+    except ValueError as exc:
+        parser.exit(2, f"streaming-dllm: error: {exc}\n")
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
+import sys
 from typing import Any
 
 from ..config import FIELDS, PRESETS, ConfigError, DecodeConfig
@@ -51,7 +53,10 @@ def _window(value: str) -> int | None:
 
 def add_decode_args(parser: argparse.ArgumentParser, default_method: str = "streaming") -> None:
     """The --method preset plus one flag per DecodeConfig knob (only given flags override)."""
-    g = parser.add_argument_group("decoding (a preset, then any knob overridden)")
+    g = parser.add_argument_group(
+        "decoding (a preset, then any knob overridden; each knob's default is the preset's value, "
+        "listed under 'presets' below)"
+    )
     g.add_argument("--method", default=default_method, choices=sorted(PRESETS), help="decoding preset")
     for name, typ, help_text in _KNOBS:
         g.add_argument(flag(name), dest=name, type=typ or _window, default=argparse.SUPPRESS, help=help_text)
@@ -76,11 +81,89 @@ def config_from_args(args: argparse.Namespace, **defaults: Any) -> DecodeConfig:
         raise ConfigError(exc.field, f"{flag(exc.field)}: {exc}") from None
 
 
+def presets_text(**defaults: Any) -> str:
+    """Each preset's field values (the defaults of the knobs for that --method), one line each;
+    ``defaults`` are a command's own defaults (as given to ``config_from_args``)."""
+    varied = [k for k in FIELDS if any(k in p for p in PRESETS.values())]
+    lines = ["presets (--method): the value each knob takes unless its flag is given"]
+    for name in sorted(PRESETS):
+        cfg = DecodeConfig.preset(name, **defaults)
+        lines.append(f"  {name}: " + ", ".join(f"{k}={_show(getattr(cfg, k))}" for k in varied))
+    base = DecodeConfig(**defaults)
+    common = ", ".join(f"{k}={_show(getattr(base, k))}" for k in FIELDS if k not in varied)
+    lines.append(f"  every preset: {common}")
+    lines.append("  (steps=None: one token per step; mask_id/eos_id=None: from the checkpoint)")
+    return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    return "none" if value is None else str(value)
+
+
+DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,3})?)$")
+
+
+def check_model_args(args: argparse.Namespace) -> None:
+    """Refuse a --device the engine cannot run on (e.g. ``meta``) before anything is loaded."""
+    device = str(args.device)
+    if not DEVICE_RE.match(device):
+        raise ValueError(f"--device: {device!r} is not one of cpu, cuda, cuda:N, mps, auto")
+
+
+def check_token_ids(model, cfg: DecodeConfig) -> None:
+    """The --mask-id / --eos-id of a run must be usable on this model; errors name the flag."""
+    try:
+        model.token_ids(cfg.mask_id, cfg.eos_id)
+    except ValueError as exc:
+        name = "eos_id" if str(exc).startswith("eos_id") else "mask_id"
+        raise ValueError(f"{flag(name)}: {exc}") from None
+
+
+def check_context(model, prompt_tokens: int, cfg: DecodeConfig, prompt_flag: str = "--prompt") -> None:
+    """Refuse a run whose prompt + gen_length exceeds the model's context, before decoding."""
+    limit = getattr(model, "max_context", None)
+    if limit is None:
+        return
+    if cfg.gen_length > limit:
+        raise ValueError(f"--gen-length: {cfg.gen_length} exceeds the model's context of {limit} tokens")
+    if prompt_tokens + cfg.gen_length > limit:
+        raise ValueError(
+            f"{prompt_flag}: the prompt is {prompt_tokens} tokens; with --gen-length {cfg.gen_length} that "
+            f"exceeds the model's context of {limit} tokens (at most {limit - cfg.gen_length} prompt tokens)"
+        )
+
+
+def check_argv(argv: list[str]) -> None:
+    """Refuse an argument that is not valid UTF-8 (Python keeps its bytes as lone surrogates)."""
+    for i, arg in enumerate(argv):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            if arg.startswith("--"):
+                name = arg.split("=", 1)[0]
+            elif i and argv[i - 1].startswith("--"):
+                name = argv[i - 1].split("=", 1)[0]
+            else:
+                name = f"argument {i + 1}"
+            name = name.encode("utf-8", "backslashreplace").decode("utf-8")
+            raise ValueError(f"{name}: the value is not valid UTF-8") from None
+
+
+def read_stdin_text() -> str:
+    """stdin decoded strictly as UTF-8: invalid bytes are one clear error, not a traceback."""
+    data = sys.stdin.buffer.read() if sys.stdin is not None else b""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = data[exc.start : exc.start + 1]
+        raise ValueError(f"stdin: not valid UTF-8 (byte {exc.start}: {bad!r})") from None
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """--model, --device, --dtype, --revision, --allow-pickle, --trust-remote-code."""
     g = parser.add_argument_group("model")
     g.add_argument("--model", default="builtin", help="local folder, hub id, or 'builtin' (default)")
-    g.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default)")
+    g.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | mps | auto (default)")
     g.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 | auto (bf16 on CUDA)")
     g.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     g.add_argument("--allow-pickle", action="store_true", help="allow .bin pickle weights (can run code)")
@@ -91,6 +174,7 @@ def load_from_args(args: argparse.Namespace):
     """(model, tokenizer) as the model flags say."""
     from ..loading import load_model, load_tokenizer
 
+    check_model_args(args)
     model = load_model(
         args.model,
         device=args.device,

@@ -14,9 +14,7 @@ and the collectives below let it gather the results.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import os
 import time
 from collections import defaultdict
@@ -27,16 +25,16 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from ..config import PRESETS, DecodeConfig
+from ..config import FIELDS, PRESETS, DecodeConfig
 from ..engine import generate
 from ..loading import load_model, load_tokenizer
-from ..text import stop_ids
+from ..text import answer_ids, stop_ids
 from .loglikelihood import mc_loglikelihood
 from .paper_presets import paper_preset
 
 log = logging.getLogger(__name__)
 
-_DECODE_FIELDS = {f.name for f in dataclasses.fields(DecodeConfig)} - {"preset_name"}
+_DECODE_FIELDS = set(FIELDS)
 _IGNORED_GEN_KWARGS = {"do_sample", "temperature", "until", "max_gen_toks"}
 
 
@@ -220,9 +218,9 @@ class StreamingDLLMEval(LM):
         changes: dict[str, Any] = {}
         max_toks = gen_kwargs.get("max_gen_toks")
         max_toks = int(max_toks) if max_toks is not None else None
+        cfg = self.decode_config
         if max_toks is not None and not self.fixed_gen_length:
-            bl = self.decode_config.block_length
-            changes["gen_length"] = max(1, math.ceil(max_toks / bl)) * bl
+            cfg = cfg.for_budget(max_toks)
         if "temperature" in gen_kwargs or "do_sample" in gen_kwargs:
             sample = gen_kwargs.get("do_sample", True)
             temp = float(gen_kwargs.get("temperature", self.decode_config.temperature or 1.0))
@@ -231,17 +229,11 @@ class StreamingDLLMEval(LM):
             if key not in self._warned:
                 self._warned.add(key)
                 log.warning("streaming-dllm: generation kwarg %r is not supported and is ignored", key)
-        cfg = self.decode_config.replace(**changes) if changes else self.decode_config
-        return cfg, max_toks
+        return (cfg.replace(**changes) if changes else cfg), max_toks
 
     def _finish(self, ids: list[int], max_toks: int | None, until: list[str]) -> tuple[str, int]:
         """Answer text and its token count: cut at the end of generation, max_gen_toks, until."""
-        if max_toks is not None:
-            ids = ids[:max_toks]
-        for j, t in enumerate(ids):
-            if t in self.stop_ids:
-                ids = ids[:j]
-                break
+        ids = answer_ids(ids if max_toks is None else ids[:max_toks], self.stop_ids)
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         for stop in until:
             if stop:
@@ -260,7 +252,7 @@ class StreamingDLLMEval(LM):
             until = gen_kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
             prepared.append((self.tok_encode(context), cfg, max_toks, until))
-            groups[repr(cfg.to_dict())].append(i)
+            groups[cfg.key()].append(i)
 
         totals = {"samples": 0, "tokens": 0, "seconds": 0.0, "nfe": 0, "row_nfe": 0, "tokens_fed": 0}
         bar = tqdm(

@@ -13,7 +13,10 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 
+from ..text import answer_ids, encode_chat, stop_ids, used_positions
 from . import arith
+
+__all__ = ["EvalResult", "answer_text", "encode_prompts", "evaluate", "main", "used_positions"]
 
 
 @dataclass
@@ -29,30 +32,16 @@ class EvalResult:
     seconds: float
 
 
-def used_positions(ids: list[int], stop_ids: set[int]) -> int:
-    """Generated positions up to and including the first stop token (all of them if none)."""
-    for i, t in enumerate(ids):
-        if t in stop_ids:
-            return i + 1
-    return len(ids)
-
-
 def answer_text(tokenizer, ids: list[int], stop_ids: set[int]) -> str:
-    """The answer as a user (or the harness) sees it: the text before the first stop token.
-
-    A stray token left in the EOS region after the end of turn is not part of the answer, so
-    it must not be scored.
-    """
-    from ..text import answer_ids
-
+    """The answer as a user (or the harness) sees it: the text before the first stop token
+    (``text.answer_ids``). A stray token left in the EOS region after the end of turn is not part
+    of the answer, so it must not be scored."""
     return tokenizer.decode(answer_ids(ids, stop_ids), skip_special_tokens=True)
 
 
 def encode_prompts(tokenizer, problems: list[arith.Problem]) -> list[list[int]]:
-    """Chat-templated prompt ids, ready for ``generate``."""
-    texts = [tokenizer.apply_chat_template(arith.messages(p), add_generation_prompt=True, tokenize=False)
-             for p in problems]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    """Chat-templated prompt ids, ready for ``generate`` (``text.encode_chat`` of each problem)."""
+    return [encode_chat(tokenizer, arith.messages(p)) for p in problems]
 
 
 def evaluate(model, tokenizer, problems: list[arith.Problem], config, batch_size: int = 25,
@@ -61,7 +50,6 @@ def evaluate(model, tokenizer, problems: list[arith.Problem], config, batch_size
     from tqdm import tqdm
 
     from ..engine import generate
-    from ..text import stop_ids
 
     stop = stop_ids(model, tokenizer)
     correct, used, nfe = 0, [], 0
@@ -91,38 +79,84 @@ def evaluate(model, tokenizer, problems: list[arith.Problem], config, batch_size
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    import torch
+GEN_LENGTH, BLOCK_LENGTH = 256, 32
+MAX_BATCH, MAX_THREADS = 1024, 1024
 
-    from .. import DecodeConfig, load_model, load_tokenizer
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="builtin")
-    parser.add_argument("--method", default="vanilla")
-    parser.add_argument("--split", default="test")
+def build_parser() -> argparse.ArgumentParser:
+    from ..cli.options import add_decode_args, add_model_args, presets_text
+
+    parser = argparse.ArgumentParser(
+        prog="python -m streaming_dllm.tasks.arith_eval", description=__doc__.split("\n")[0],
+        epilog=presets_text(gen_length=GEN_LENGTH, block_length=BLOCK_LENGTH),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--split", default="test", help="problem split: test (default) | dev")
     parser.add_argument("--n", type=int, default=None, help="how many problems (default: the whole split)")
     parser.add_argument("--offset", type=int, default=0,
                         help="skip this many problems first (to split one evaluation across processes)")
-    parser.add_argument("--gen-length", type=int, default=256)
-    parser.add_argument("--block-length", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=25)
+    parser.add_argument("--batch-size", type=int, default=25,
+                        help=f"prompts per generate call (default 25, at most {MAX_BATCH})")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_args(parser)
+    add_decode_args(parser, default_method="vanilla")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Evaluate and print one JSON line; a user error exits with one line and code 2."""
+    import sys
+
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        _run(parser, argv)
+    except ValueError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def _run(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    import torch
+
+    from ..cli.options import (
+        check_argv,
+        check_context,
+        check_model_args,
+        check_token_ids,
+        config_from_args,
+        load_from_args,
+    )
+
+    check_argv(argv)
     args = parser.parse_args(argv)
-    split = arith.problems(args.split)
-    if args.offset < 0 or (args.n is not None and args.n < 1):
-        parser.error("--offset must be >= 0 and --n >= 1")
+    if args.offset < 0:
+        raise ValueError(f"--offset: must be >= 0, got {args.offset}")
+    if args.n is not None and args.n < 1:
+        raise ValueError(f"--n: must be >= 1, got {args.n}")
+    if not 1 <= args.batch_size <= MAX_BATCH:
+        raise ValueError(f"--batch-size: must be in [1, {MAX_BATCH}], got {args.batch_size}")
+    if not 0 <= args.threads <= MAX_THREADS:
+        raise ValueError(f"--threads: must be in [0, {MAX_THREADS}], got {args.threads}")
+    config = config_from_args(args, gen_length=GEN_LENGTH, block_length=BLOCK_LENGTH)
+    check_model_args(args)
+    try:
+        split = arith.problems(args.split)
+    except ValueError as exc:
+        raise ValueError(f"--split: {exc}") from None
     problems = split[args.offset : None if args.n is None else args.offset + args.n]
     if not problems:
-        parser.error(f"no problems left: the {args.split} split has {len(split)}")
-    config = DecodeConfig.preset(args.method, gen_length=args.gen_length, block_length=args.block_length)
+        raise ValueError(f"--offset: no problems left: the {args.split} split has {len(split)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_model(args.model)
-    tokenizer = load_tokenizer(model)
-    result = evaluate(model, tokenizer, problems, config, args.batch_size,
-                      progress=not args.no_progress)
-    print(json.dumps(asdict(result)))
+    model, tokenizer = load_from_args(args)
+    check_token_ids(model, config)
+    check_context(model, max(map(len, encode_prompts(tokenizer, problems))), config, "--split")
+    result = evaluate(model, tokenizer, problems, config, args.batch_size, progress=not args.no_progress)
+    print(json.dumps({**asdict(result), "dtype": str(model.dtype).replace("torch.", ""),
+                      "device": str(model.device)}))
 
 
 if __name__ == "__main__":
