@@ -75,3 +75,13 @@ def test_streamed_pieces_join_to_the_final_text(seed):
     expected = expected[:cut] if cut >= 0 else expected
     assert "".join(pieces) == out.text == expected
     assert out.finish_reason == reason
+
+
+def test_completion_tokens_count_up_to_the_end_of_the_answer():
+    """An end token right at the max_tokens boundary is a stop; tokens after it never count."""
+    pieces, out = run([ids("abc") + [EOS] + ids("zz")], max_tokens=3)
+    assert (out.text, out.finish_reason, out.completion_tokens) == ("abc", "stop", 3)
+    pieces, out = run([ids("ab"), ids("cd") + [EOT] + ids("ef")], max_tokens=3)
+    assert (out.text, out.finish_reason, out.completion_tokens) == ("abc", "length", 3)
+    pieces, out = run([ids("ab"), [EOS] + ids("cd")])
+    assert (pieces, out.finish_reason, out.completion_tokens) == (["ab", ""], "stop", 2)

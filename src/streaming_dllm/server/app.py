@@ -11,7 +11,6 @@ import hmac
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,13 +19,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..text import stop_ids
 from .batcher import Batcher, Chunk, Done, Failed, Job
 from .errors import APIError, error_body
 from .metrics import Metrics
-from .output import ChoiceText
-from .requests import Plan, Translator, parse_body
+from .output import ChoiceText, Replies
+from .requests import Translator, parse_body
 from .schemas import ChatCompletionRequest, CompletionRequest
 from .settings import ServerSettings
 
@@ -64,14 +64,27 @@ class _MetricsMiddleware:
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes, and with 408
+    when the client sends nothing for ``timeout_s`` seconds (a stalled client frees its slot).
+    A client that disconnects mid-body is answered 499 (nobody reads it), not a server error."""
     too_big = APIError(413, f"request body is larger than the limit of {limit} bytes", code="body_too_large")
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise too_big
     parts, size = [], 0
-    async for part in request.stream():
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            part = await asyncio.wait_for(chunks.__anext__(), timeout_s)
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:  # TimeoutError's alias from Python 3.11 on
+            raise APIError(408, f"request body: nothing received for {timeout_s:g} s; send the whole body "
+                           "without pausing", code="body_timeout") from None
+        except ClientDisconnect:
+            raise APIError(499, "client disconnected while sending the body",
+                           code="client_disconnected") from None
         size += len(part)
         if size > limit:
             raise too_big
@@ -90,8 +103,7 @@ class _Service:
         self.settings, self.tok = settings, tokenizer
         self.metrics = Metrics()
         self.end_ids = stop_ids(model, tokenizer)
-        vocab = model.config.get("embedding_size") or model.config.get("vocab_size") or len(tokenizer)
-        self.translator = Translator(settings, tokenizer, int(vocab))
+        self.translator = Translator(settings, tokenizer, int(model.vocab_size))
         self.batcher = Batcher(model, settings.limits, self.metrics, self.end_ids)
         self.created = int(time.time())
 
@@ -100,8 +112,12 @@ class _Service:
         if not key:
             return
         header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        scheme, _, token = header.strip().partition(" ")
+        if scheme and scheme.lower() != "bearer":
+            shown = scheme if len(scheme) <= 20 and scheme.isprintable() else scheme[:20] + "..."
+            raise APIError(401, f"authorization: wrong scheme {shown!r} (the Bearer key is missing); send "
+                           "'Authorization: Bearer <key>'", param="authorization", code="wrong_auth_scheme")
+        if not token.strip():
             raise APIError(401, "authorization: missing API key; send 'Authorization: Bearer <key>'",
                            param="authorization", code="missing_api_key")
         if not hmac.compare_digest(token.strip().encode(), key.encode()):
@@ -114,7 +130,8 @@ class _Service:
 
     async def handle(self, request: Request, chat: bool) -> Response:
         self.check_auth(request)
-        raw = await _read_body(request, self.settings.limits.max_body_bytes)
+        lim = self.settings.limits
+        raw = await _read_body(request, lim.max_body_bytes, lim.body_timeout_s)
         if chat:
             req = parse_body(raw, ChatCompletionRequest)
             plan = self.translator.chat(req)
@@ -125,12 +142,9 @@ class _Service:
         self.batcher.submit(job)
         self.metrics.prompt_tokens.inc(plan.prompt_tokens)
         texts = [ChoiceText(self.tok, self.end_ids, plan.max_tokens, plan.stops) for _ in plan.rows]
-        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-        head = {"id": rid, "object": "chat.completion" if chat else "text_completion",
-                "created": int(time.time()), "model": self.settings.model_name}
+        replies = Replies(self.settings.model_name, chat, plan.prompt_tokens)
         if req.stream:
-            head["object"] = "chat.completion.chunk" if chat else "text_completion"
-            return StreamingResponse(self._stream(job, texts, head, chat), media_type="text/event-stream",
+            return StreamingResponse(self._stream(job, texts, replies), media_type="text/event-stream",
                                      headers=SSE_HEADERS)
         watcher = asyncio.create_task(self._watch_disconnect(request, job))
         try:
@@ -139,13 +153,7 @@ class _Service:
         finally:
             watcher.cancel()
             self.batcher.cancel(job)
-        if chat:
-            choices = [{"index": i, "message": {"role": "assistant", "content": t.text}, "logprobs": None,
-                        "finish_reason": t.finish_reason} for i, t in enumerate(texts)]
-        else:
-            choices = [{"index": i, "text": t.text, "logprobs": None, "finish_reason": t.finish_reason}
-                       for i, t in enumerate(texts)]
-        return JSONResponse({**head, "choices": choices, "usage": self._usage(plan, texts)})
+        return JSONResponse(replies.body(texts))
 
     async def _blocks(self, job: Job, texts: list[ChoiceText]) -> AsyncIterator[list[str]]:
         """Feed each finished block to the choices; yield the new text of every choice."""
@@ -170,33 +178,23 @@ class _Service:
         job.cancelled = True
         self.metrics.generated_tokens.inc(sum(t.completion_tokens for t in texts))
 
-    async def _stream(self, job: Job, texts: list[ChoiceText], head: dict[str, Any],
-                      chat: bool) -> AsyncIterator[str]:
+    async def _stream(self, job: Job, texts: list[ChoiceText], replies: Replies) -> AsyncIterator[str]:
         """SSE: one chunk per choice per finished block (when it adds text or ends), then [DONE]."""
-        plan: Plan = job.plan
         announced = [False] * len(texts)
         complete = False
         try:
-            if chat:
+            if replies.chat:
                 for i in range(len(texts)):
-                    delta = {"role": "assistant", "content": ""}
-                    yield _sse({**head, "choices": [{"index": i, "delta": delta, "logprobs": None,
-                                                     "finish_reason": None}]})
+                    yield _sse(replies.role_chunk(i))
             async for pieces in self._blocks(job, texts):
                 for i, (t, piece) in enumerate(zip(texts, pieces, strict=True)):
                     ending = t.finished and not announced[i]
                     if not piece and not ending:
                         continue
                     announced[i] = announced[i] or ending
-                    reason = t.finish_reason if ending else None
-                    if chat:
-                        delta = {"content": piece} if piece else {}
-                        choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": reason}
-                    else:
-                        choice = {"index": i, "text": piece, "logprobs": None, "finish_reason": reason}
-                    yield _sse({**head, "choices": [choice]})
-            if plan.include_usage:
-                yield _sse({**head, "choices": [], "usage": self._usage(plan, texts)})
+                    yield _sse(replies.chunk(i, piece, t.finish_reason if ending else None))
+            if job.plan.include_usage:
+                yield _sse(replies.usage_chunk(texts))
             complete = True
         except APIError as err:
             complete = True
@@ -216,12 +214,6 @@ class _Service:
                 job.events.put_nowait(Failed(APIError(499, "client disconnected")))
                 return
             await asyncio.sleep(0.1)
-
-    @staticmethod
-    def _usage(plan: Plan, texts: list[ChoiceText]) -> dict[str, int]:
-        completion = sum(t.completion_tokens for t in texts)
-        return {"prompt_tokens": plan.prompt_tokens, "completion_tokens": completion,
-                "total_tokens": plan.prompt_tokens + completion}
 
 
 def create_app(model, tokenizer, settings: ServerSettings | None = None) -> FastAPI:

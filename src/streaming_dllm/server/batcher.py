@@ -1,9 +1,9 @@
 """The request queue and the worker thread that decodes batches with the engine.
 
-Requests whose decoding settings are identical (everything but the seed) are decoded together
-as one engine batch; each row decodes exactly as it would alone, so batching changes speed,
-never results. The worker runs ``sd.stream`` off the event loop and posts each finished block
-to the waiting request's asyncio queue.
+Requests whose decoding configs have equal ``DecodeConfig.key()`` (every setting; seeds are
+per row) are decoded together as one engine batch; each row decodes exactly as it would alone,
+so batching changes speed, never results. The worker runs ``sd.stream`` off the event loop and
+posts each finished block to the waiting request's asyncio queue.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from ..engine import stream
+from ..text import answer_end
 from .errors import APIError
 from .metrics import Metrics
 from .requests import Plan
@@ -60,14 +61,6 @@ class Job:
             self.cancelled = True
 
 
-def batch_key(plan: Plan) -> tuple:
-    """Requests with equal keys may share a batch (one batch = one DecodeConfig, seeds aside)."""
-    d = plan.cfg.to_dict()
-    d.pop("seed", None)
-    d.pop("preset_name", None)
-    return tuple(sorted(d.items()))
-
-
 class Batcher:
     """A bounded FIFO of jobs and one worker thread that decodes them in batches."""
 
@@ -101,10 +94,13 @@ class Batcher:
         self._thread.join(timeout=30)
 
     def submit(self, job: Job) -> None:
-        """Queue a job, or refuse at once (429) when the queue is full."""
+        """Queue a job, or refuse at once: 429 when the queue is full, 503 when no worker runs."""
         with self._cv:
             if self._stopping:
                 raise APIError(503, "the server is shutting down", code="shutting_down")
+            if not self._thread.is_alive():
+                raise APIError(503, "the decoding worker has stopped; the server cannot take requests "
+                               "(see its log)", code="worker_stopped")
             if len(self._pending) >= self.limits.max_queue:
                 self.metrics.rejected.inc()
                 raise APIError(
@@ -130,7 +126,7 @@ class Batcher:
         lim = self.limits
         with self._cv:
             while not self._pending and not self._stopping:
-                self._cv.wait()
+                self._cv.wait(1.0)
             if self._stopping:
                 return None
             deadline = time.perf_counter() + lim.batch_wait_ms / 1000
@@ -139,22 +135,49 @@ class Batcher:
                 and sum(len(j.plan.rows) for j in self._pending) < lim.max_batch_size
                 and (left := deadline - time.perf_counter()) > 0
             ):
-                self._cv.wait(left)
+                self._cv.wait(min(left, 1.0))
             if self._stopping or not self._pending:
                 return None if self._stopping else []
             head = self._pending.popleft()
-            key, rows, batch = batch_key(head.plan), len(head.plan.rows), [head]
-            for job in list(self._pending):
-                if rows + len(job.plan.rows) <= lim.max_batch_size and batch_key(job.plan) == key:
-                    self._pending.remove(job)
-                    batch.append(job)
-                    rows += len(job.plan.rows)
+            batch = [head]
+            try:
+                key, rows = head.plan.cfg.key(), len(head.plan.rows)
+                for job in list(self._pending):
+                    if rows + len(job.plan.rows) <= lim.max_batch_size and job.plan.cfg.key() == key:
+                        self._pending.remove(job)
+                        batch.append(job)
+                        rows += len(job.plan.rows)
+            except BaseException:  # put the jobs back, oldest first: the caller fails the oldest
+                self._pending.extendleft(reversed(batch))
+                raise
             self.metrics.queue_depth.set(len(self._pending))
             return batch
 
     def _work(self) -> None:
+        try:
+            self._serve()
+        finally:  # the worker is gone (stopped or killed): nobody will decode what is queued
+            with self._cv:
+                left = list(self._pending)
+                self._pending.clear()
+                self.metrics.queue_depth.set(0)
+            for job in left:
+                job.post(Failed(APIError(503, "the decoding worker has stopped", code="worker_stopped")))
+
+    def _serve(self) -> None:
         while True:
-            batch = self._take()
+            try:
+                batch = self._take()
+            except Exception:  # never let the worker die: fail the oldest request, keep serving
+                log.exception("batch worker error while taking a batch")
+                with self._cv:
+                    head = self._pending.popleft() if self._pending else None
+                    self.metrics.queue_depth.set(len(self._pending))
+                if head is not None:
+                    head.post(Failed(APIError(500, "the server failed to schedule this request",
+                                              code="internal_error")))
+                time.sleep(0.01)
+                continue
             if batch is None:
                 return
             if not batch:
@@ -199,7 +222,7 @@ class Batcher:
                     return
                 toks = chunk.tokens.tolist()
                 for r, row in enumerate(toks):
-                    done[r] = done[r] or chunk.finished[r] or any(t in self.end_ids for t in row)
+                    done[r] = done[r] or chunk.finished[r] or answer_end(row, self.end_ids) is not None
                 if chunk.index < skip:
                     continue
                 for job, (a, b) in zip(batch, spans, strict=True):

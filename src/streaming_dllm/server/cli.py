@@ -10,10 +10,10 @@ import argparse
 import ipaddress
 import logging
 import os
-import sys
 
-from ..config import PRESETS
-from .settings import Limits, ServerSettings
+from ..cli.options import MissingExtra, add_model_args, flag, load_from_args, require_extra
+from ..config import PRESETS, ConfigError
+from .settings import BOUNDS, Limits, ServerSettings, SettingsError
 
 log = logging.getLogger("streaming_dllm.server")
 
@@ -27,7 +27,14 @@ _LIMIT_FLAGS = {
     "max_batch_size": "most rows decoded together in one engine batch",
     "max_queue": "most requests waiting for a batch (429 at once beyond)",
     "batch_wait_ms": "how long an idle worker waits for more requests to batch",
+    "body_timeout_s": "longest pause, in seconds, while a client sends its body (408 beyond)",
+    "max_block_length": "largest block_length a request may ask for",
+    "max_window": "largest window a request may ask for",
+    "max_temperature": "largest temperature a request may ask for",
 }
+# Flags that are not limits of a request, with their (lowest, highest) values.
+_PROCESS_BOUNDS = {"port": (0, 65535), "threads": (1, 1024), "timeout_keep_alive": (1, 3600)}
+MAX_NAME_CHARS = 256
 
 
 def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -41,11 +48,8 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="builtin", help="checkpoint folder, hub id or 'builtin' (default)")
+    add_model_args(p)
     p.add_argument("--served-model-name", help="the model id clients send (default: --model as given)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
-    p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (default)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's tokenizer code")
     p.add_argument("--method", default="streaming", choices=sorted(PRESETS), help="default decoding method")
     p.add_argument("--block-length", type=int, help="block length of every method")
     p.add_argument("--threshold", type=float, help="confidence threshold of the default method")
@@ -54,23 +58,39 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default=",".join(PRESETS),
                    help="comma-separated methods a request may pick (default: all)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port, 0..65535 (default 8000; 0 = any free)")
     p.add_argument("--api-key", default=os.environ.get("STREAMING_DLLM_API_KEY"),
                    help="require 'Authorization: Bearer KEY' (default: $STREAMING_DLLM_API_KEY, else none)")
     defaults = Limits()
+    g = p.add_argument_group("limits (a request outside them is refused; each flag has a range)")
     for name, text in _LIMIT_FLAGS.items():
-        flag = f"--{name.replace('_', '-')}"
+        lo, hi = BOUNDS[name]
         if name == "default_max_tokens":
-            p.add_argument(flag, type=int, default=None, help=text)
+            g.add_argument(flag(name), type=int, default=None, help=text)
             continue
         value = getattr(defaults, name)
-        p.add_argument(flag, type=type(value), default=value, help=f"{text} (default {value})")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+        g.add_argument(flag(name), type=type(value), default=value,
+                       help=f"{text} (default {value}; {lo:g}..{hi:g})")
+    g.add_argument("--timeout-keep-alive", type=int, default=5,
+                   help="seconds an idle keep-alive connection is held open (default 5; 1..3600)")
+    p.add_argument("--threads", type=int, help="torch CPU threads, 1..1024 (default: torch's choice)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
+def _check_process_flags(args: argparse.Namespace) -> None:
+    for name, (lo, hi) in _PROCESS_BOUNDS.items():
+        value = getattr(args, name)
+        if value is not None and not lo <= value <= hi:
+            raise ValueError(f"{flag(name)}: must be in [{lo}, {hi}], got {value}")
+    name = args.served_model_name
+    if name is not None and not (0 < len(name) <= MAX_NAME_CHARS and name.isprintable()):
+        raise ValueError(f"--served-model-name: must be 1 to {MAX_NAME_CHARS} printable characters")
+
+
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
-    """Server settings from parsed arguments (validated; raises ValueError naming the flag)."""
+    """Server settings from parsed arguments, every flag checked against its bounds; raises a
+    ValueError whose message starts with the flag (``--batch-wait-ms: ...``)."""
+    _check_process_flags(args)
     limits = Limits(**{name: getattr(args, name) for name in _LIMIT_FLAGS},
                     methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()))
     shared = {"block_length": args.block_length} if args.block_length is not None else {}
@@ -78,7 +98,10 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     settings = ServerSettings(model_name=args.served_model_name or args.model, method=args.method,
                               shared_overrides=shared, method_overrides=own, api_key=args.api_key or None,
                               limits=limits)
-    settings.validate()
+    try:
+        settings.validate()
+    except (SettingsError, ConfigError) as exc:
+        raise ValueError(f"{flag(exc.field)}: {exc}") from None
     return settings
 
 
@@ -92,30 +115,29 @@ def _is_loopback(host: str) -> bool:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """Load the model and serve it until interrupted."""
+    """Check every flag, then load the model and serve it until interrupted.
+
+    Raises ValueError (a flag out of bounds, a checkpoint that cannot be loaded) and
+    ``MissingExtra`` (the ``[server]`` extra is not installed) before the model is loaded."""
+    settings = settings_from_args(args)
+    for module in ("fastapi", "uvicorn", "prometheus_client"):
+        require_extra(module, "server", "serve")
     import torch
     import uvicorn
 
-    from .. import load_model, load_tokenizer
     from .app import create_app
 
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=args.log_level.upper(), format=fmt)
-    try:
-        settings = settings_from_args(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     if not _is_loopback(args.host) and not settings.api_key:
         log.warning("binding %s without --api-key: anyone who can reach this address can use the model",
                     args.host)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_model(args.model, device=args.device, dtype=args.dtype,
-                       trust_remote_code=args.trust_remote_code)
-    tokenizer = load_tokenizer(model)
+    model, tokenizer = load_from_args(args)
     app = create_app(model, tokenizer, settings)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5,
+                timeout_keep_alive=args.timeout_keep_alive)
     return 0
 
 
@@ -124,5 +146,5 @@ def main(argv: list[str] | None = None) -> int:
     _add_arguments(parser)
     try:
         return run_serve(parser.parse_args(argv))
-    except ValueError as exc:  # e.g. a checkpoint that cannot be loaded
+    except (ValueError, MissingExtra) as exc:  # a flag out of bounds, a checkpoint that cannot be loaded
         parser.exit(2, f"error: {exc}\n")

@@ -12,9 +12,11 @@ ERROR_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
+    499: "invalid_request_error",
     500: "server_error",
     503: "server_error",
 }
@@ -31,7 +33,8 @@ class APIError(Exception):
         return error_body(self.status, self.message, self.param, self.code)
 
     def response(self) -> JSONResponse:
-        headers = {401: {"WWW-Authenticate": "Bearer"}, 429: {"Retry-After": "1"}, 503: {"Retry-After": "5"}}
+        headers = {401: {"WWW-Authenticate": "Bearer"}, 408: {"Connection": "close"},
+                   429: {"Retry-After": "1"}, 503: {"Retry-After": "5"}}
         return JSONResponse(self.body(), status_code=self.status, headers=headers.get(self.status))
 
 

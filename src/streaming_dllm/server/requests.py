@@ -6,19 +6,20 @@ strings, the output cut) that the batcher hands to the engine.
 
 from __future__ import annotations
 
-import math
-import re
 import secrets
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ValidationError
 
-from ..config import DecodeConfig
+from ..config import ConfigError, DecodeConfig
+from ..text import encode_chat
 from .errors import APIError, bad
 from .schemas import ChatCompletionRequest, CompletionRequest
 from .settings import ServerSettings
 
 SEED_MOD = 2**63
+KNOBS = {"block_length": int, "threshold": float, "alpha": float, "window": int}
+"""Request fields that set a ``DecodeConfig`` field of the same name (``method`` picks the preset)."""
 UNION_TYPES = {
     "prompt": "a string, a list of strings, a list of token ids or a list of token-id lists",
     "content": "a string or a list of {'type': 'text', 'text': ...} parts",
@@ -127,11 +128,14 @@ class Translator:
             if role != "assistant" and not text.strip():
                 raise bad(f"messages.{i}.content", "must not be empty")
             messages.append({"role": role, "content": text})
+        if sum(len(m["content"]) for m in messages) > self.lim.max_prompt_tokens * 32:
+            raise bad("messages", f"is too long (more than {self.lim.max_prompt_tokens} tokens)",
+                      "context_length_exceeded")
         try:
-            text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            ids = encode_chat(self.tok, messages)
         except Exception as exc:  # a template may reject a role order, e.g. two system messages
             raise bad("messages", f"the chat template rejected these messages ({exc})") from None
-        ids = self._encode(text, param="messages")
+        ids = self._check_ids(ids, "messages")
         if req.max_tokens is not None and req.max_completion_tokens is not None:
             raise bad("max_completion_tokens", "give max_tokens or max_completion_tokens, not both")
         if req.max_completion_tokens is not None:
@@ -160,12 +164,15 @@ class Translator:
             ids = list(prompt)
             if any(t < 0 or t >= self.vocab for t in ids):
                 raise bad(param, f"token ids must be in [0, {self.vocab})")
+        return self._check_ids(ids, param)
+
+    def _check_ids(self, ids: list[int], param: str) -> list[int]:
         if not ids:
             raise bad(param, "must not be empty")
         if len(ids) > self.lim.max_prompt_tokens:
             raise bad(param, f"has {len(ids)} tokens, more than the limit of {self.lim.max_prompt_tokens}",
                       "context_length_exceeded")
-        return ids
+        return list(ids)
 
     def _plan(self, req: CompletionRequest | ChatCompletionRequest, prompts: list[list[int]],
               max_tokens: int | None, max_name: str) -> Plan:
@@ -191,7 +198,7 @@ class Translator:
         temperature = 0.0 if req.temperature is None else req.temperature
         if not 0.0 <= temperature <= lim.max_temperature:
             raise bad("temperature", f"must be in [0, {lim.max_temperature}], got {temperature}")
-        cfg = self._config(req, max_tokens, temperature)
+        cfg = self._config(req, max_tokens, temperature, max_name)
         base = req.seed if req.seed is not None else secrets.randbits(62)
         seeds = [(base + j) % SEED_MOD for _ in prompts for j in range(req.n)]
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -211,35 +218,23 @@ class Translator:
         return stops
 
     def _config(self, req: CompletionRequest | ChatCompletionRequest, max_tokens: int,
-                temperature: float) -> DecodeConfig:
-        """The server's config for the requested method, with the request's knobs on top."""
+                temperature: float, max_name: str) -> DecodeConfig:
+        """Check the request's knobs against the server's own limits, then build its config in
+        ``ServerSettings.decode_config``; a rule it breaks is reported under the request's field."""
         lim = self.lim
         method = req.method or self.settings.method
         if method not in lim.methods:
             raise bad("method", f"must be one of {list(lim.methods)}, got {method!r}")
-        base = self.settings.base_config(method)
+        if req.block_length is not None and not 1 <= req.block_length <= lim.max_block_length:
+            raise bad("block_length", f"must be in [1, {lim.max_block_length}], got {req.block_length}")
+        if req.window is not None and not 0 <= req.window <= lim.max_window:
+            raise bad("window", f"must be in [0, {lim.max_window}], got {req.window}")
         knobs: dict[str, object] = {"temperature": float(temperature)}
-        if req.block_length is not None:
-            if not 1 <= req.block_length <= lim.max_block_length:
-                raise bad("block_length", f"must be in [1, {lim.max_block_length}], got {req.block_length}")
-            knobs["block_length"] = req.block_length
-        if req.threshold is not None:
-            if not 0.0 < req.threshold <= 1.0:
-                raise bad("threshold", f"must be in (0, 1], got {req.threshold}")
-            knobs["threshold"] = float(req.threshold)
-        if req.alpha is not None:
-            if not 0.0 <= req.alpha <= 1.0:
-                raise bad("alpha", f"must be in [0, 1], got {req.alpha}")
-            knobs["alpha"] = float(req.alpha)
-        if req.window is not None:
-            if not 0 <= req.window <= lim.max_window:
-                raise bad("window", f"must be in [0, {lim.max_window}], got {req.window}")
-            knobs["window"] = req.window
-        block = int(knobs.get("block_length", base.block_length))
-        knobs["gen_length"] = math.ceil(max_tokens / block) * block
+        for name, kind in KNOBS.items():
+            if getattr(req, name) is not None:
+                knobs[name] = kind(getattr(req, name))
         try:
-            return base.replace(**knobs)
-        except ValueError as exc:
-            m = re.match(r"DecodeConfig\.(\w+)=", str(exc))
-            name = m.group(1) if m else "method"
+            return self.settings.decode_config(method, knobs, max_tokens)
+        except ConfigError as exc:
+            name = max_name if exc.field == "gen_length" else exc.field
             raise bad(name, str(exc)) from None

@@ -1,10 +1,45 @@
-"""Server settings: the served model's name, the default decoding config and every limit."""
+"""Server settings: the served model's name, the default decoding config and every limit.
+
+``ServerSettings.decode_config`` is the one place a request's ``DecodeConfig`` is built (the
+preset, the server's knobs, the request's knobs, ``max_tokens`` rounded up to whole blocks).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 
-from ..config import PRESETS, DecodeConfig
+from ..config import MAX_GEN_LENGTH, PRESETS, DecodeConfig, gen_length_for
+
+
+class SettingsError(ValueError):
+    """A server setting out of its bounds; ``field`` names the setting (a ``Limits`` field,
+    ``method``/``methods``, or the ``DecodeConfig`` field of a server knob)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+# (lowest, highest) of every limit: a server must not be started with a value that breaks it
+# (e.g. ``batch_wait_ms=inf`` would kill the worker's wait, 1e12 would hold a lone request forever).
+BOUNDS: dict[str, tuple[float, float]] = {
+    "max_body_bytes": (1, 1 << 30),
+    "max_prompt_tokens": (1, MAX_GEN_LENGTH),
+    "max_tokens": (1, MAX_GEN_LENGTH),
+    "default_max_tokens": (1, MAX_GEN_LENGTH),
+    "max_n": (1, 1024),
+    "max_prompts": (1, 1024),
+    "max_stop": (0, 64),
+    "max_stop_chars": (1, 4096),
+    "max_batch_size": (1, 1024),
+    "max_queue": (0, 100_000),
+    "batch_wait_ms": (0, 10_000),
+    "body_timeout_s": (0.1, 3600),
+    "max_block_length": (1, MAX_GEN_LENGTH),
+    "max_window": (0, MAX_GEN_LENGTH),
+    "max_temperature": (0, 100),
+}
 
 
 @dataclass
@@ -13,7 +48,9 @@ class Limits:
 
     ``default_max_tokens`` (None = min(128, max_tokens)) applies to requests that give none.
     Concurrency is bounded by ``max_batch_size`` rows decoding plus ``max_queue`` requests
-    waiting; a request that finds the queue full is answered 429 at once.
+    waiting; a request that finds the queue full is answered 429 at once. ``body_timeout_s`` is
+    the longest a client may pause while sending its body (408 beyond). Each limit has the
+    range ``BOUNDS`` gives.
     """
 
     max_body_bytes: int = 1 << 20
@@ -27,14 +64,37 @@ class Limits:
     max_batch_size: int = 16
     max_queue: int = 64
     batch_wait_ms: float = 5.0
+    body_timeout_s: float = 30.0
     max_block_length: int = 256
     max_window: int = 4096
     max_temperature: float = 2.0
     methods: tuple[str, ...] = tuple(PRESETS)
 
     def __post_init__(self) -> None:
-        if self.default_max_tokens is None:
+        if self.default_max_tokens is None and isinstance(self.max_tokens, int):
             self.default_max_tokens = min(128, self.max_tokens)
+
+    def validate(self) -> None:
+        """Raise one ``SettingsError`` for the first limit out of its range."""
+        for f in fields(self):
+            if f.name not in BOUNDS:
+                continue
+            lo, hi = BOUNDS[f.name]
+            value = getattr(self, f.name)
+            integral = f.type.startswith("int") if isinstance(f.type, str) else f.type is int
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                    integral and not isinstance(value, int)):
+                kind = "an integer" if integral else "a number"
+                raise SettingsError(f.name, f"must be {kind}, got {value!r}")
+            if not (math.isfinite(value) and lo <= value <= hi):
+                raise SettingsError(f.name, f"must be in [{_num(lo)}, {_num(hi)}], got {value!r}")
+        if self.default_max_tokens > self.max_tokens:
+            raise SettingsError("default_max_tokens", f"must be in [1, max_tokens={self.max_tokens}], "
+                                f"got {self.default_max_tokens}")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
 
 
 @dataclass
@@ -52,35 +112,35 @@ class ServerSettings:
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
 
-    def base_config(self, method: str | None = None) -> DecodeConfig:
-        """The server's config for ``method`` (its default method when None).
-
-        ``gen_length`` is one block here; each request sets its own from ``max_tokens``.
-        """
+    def decode_config(self, method: str | None = None, knobs: dict | None = None,
+                      max_tokens: int = 1) -> DecodeConfig:
+        """The config of a request: the preset ``method`` (the server's default when None), the
+        server's ``--block-length`` (every method), the server's own knobs (its default method
+        only), the request's ``knobs``, and ``gen_length`` = ``max_tokens`` rounded up to whole
+        blocks. Raises ``ConfigError`` naming the ``DecodeConfig`` field that breaks a rule."""
         method = method or self.method
-        knobs = {**self.shared_overrides, **(self.method_overrides if method == self.method else {})}
-        block = knobs.get("block_length", DecodeConfig.block_length)
-        if isinstance(block, int) and block > 0:
-            knobs.setdefault("gen_length", block)
-        return DecodeConfig.preset(method, **knobs)
+        merged = {**self.shared_overrides, **(self.method_overrides if method == self.method else {}),
+                  **(knobs or {})}
+        preset_block = PRESETS.get(method, {}).get("block_length", DecodeConfig.block_length)
+        block = merged.get("block_length", preset_block)
+        if isinstance(block, int) and not isinstance(block, bool) and block > 0:
+            merged["gen_length"] = gen_length_for(max_tokens, block)
+        return DecodeConfig.preset(method, **merged)
+
+    def base_config(self, method: str | None = None) -> DecodeConfig:
+        """The server's config for ``method`` (its default when None), ``gen_length`` one block."""
+        return self.decode_config(method)
 
     def validate(self) -> None:
         """Fail at start-up, not on the first request, when the defaults break a rule."""
         if self.method not in PRESETS:
-            raise ValueError(f"method: unknown method {self.method!r}; choose one of {sorted(PRESETS)}")
+            raise SettingsError("method", f"unknown method {self.method!r}; choose one of {sorted(PRESETS)}")
         unknown = set(self.limits.methods) - set(PRESETS)
         if unknown:
-            raise ValueError(f"methods: unknown method(s) {sorted(unknown)}")
+            raise SettingsError("methods", f"unknown method(s) {sorted(unknown)}")
         if self.method not in self.limits.methods:
-            raise ValueError(f"method: the default method {self.method!r} is not among the allowed methods")
-        lim = self.limits
-        for name in ("max_body_bytes", "max_prompt_tokens", "max_tokens", "max_n", "max_prompts",
-                     "max_batch_size", "max_block_length"):
-            if getattr(lim, name) < 1:
-                raise ValueError(f"{name}: must be >= 1")
-        if lim.max_queue < 0 or lim.batch_wait_ms < 0:
-            raise ValueError("max_queue and batch_wait_ms must be >= 0")
-        if not 1 <= lim.default_max_tokens <= lim.max_tokens:
-            raise ValueError(f"default_max_tokens: must be in [1, max_tokens={lim.max_tokens}]")
-        for method in lim.methods:
+            raise SettingsError("methods",
+                                f"the default method {self.method!r} is not among the allowed methods")
+        self.limits.validate()
+        for method in self.limits.methods:
             self.base_config(method)
