@@ -60,7 +60,7 @@ def test_prefix_and_dual_cached_forwards(tiny_models, arch, k):
         cache = model.new_cache()
         cache.store()
         model(t["dual_fastdllm.cache_input_ids"], torch.arange(length)[None], cache=cache)
-        cache.replace(s, s + 16)
+        cache.overwrite(s, s + 16)
         got = model(t["dual_fastdllm.input_ids"], torch.arange(s, s + 16)[None], cache=cache)
         assert _max_diff(got, t["dual_fastdllm.logits"]) <= TOL
 
@@ -83,7 +83,7 @@ def test_cached_equals_uncached_on_same_state(tiny_models, arch):
         cache = model.new_cache()
         cache.store()
         model(x, pos, cache=cache)
-        cache.replace(s, e)
+        cache.overwrite(s, e)
         dual = model(x[:, s:e], pos[:, s:e], cache=cache)
         rows = model(x, pos, logits_rows=slice(s, e))
     assert _max_diff(prefix, full[:, s:]) <= 1e-5

@@ -1,15 +1,19 @@
-"""Per-layer key/value cache shared by the models and the decoder.
+"""Per-layer key/value cache shared by the models and the decoder, written in place.
 
 Keys are stored *after* RoPE. Rotating a key depends only on its own position, so caching rotated
 keys gives bit-identical attention to re-rotating every key at every forward (what the research
 code does) while saving the work.
 
-The decoder tells the cache what the next forward should do with it:
+The decoder tells the cache what the next forward does with it:
 
-* ``store()``: the forward's K/V become the cache (a block-start forward);
-* ``attend()``: the forward attends to cached + its own K/V and writes nothing (prefix cache);
-* ``replace(start, stop)``: the forward's K/V overwrite slots ``[start, stop)`` and it attends to
-  the whole cache (dual cache).
+* ``store()``: the forward's K/V become the cache's buffers (a block-start forward). The buffers
+  are allocated once, by that forward, and every later forward of the block writes into them;
+* ``crop(n)`` then ``attend()``: the cache's first ``n`` positions are the prefix; the forward
+  writes its K/V into the slots after it and attends to prefix + its own K/V (prefix cache);
+* ``overwrite(start, stop)``: the forward's K/V overwrite slots ``[start, stop)`` and it attends to
+  every slot (dual cache).
+
+No forward concatenates the prefix: a step costs its own tokens' K/V, not a copy of the cache.
 """
 
 from __future__ import annotations
@@ -23,11 +27,16 @@ class KVCache:
     def __init__(self, num_layers: int) -> None:
         self.keys: list[torch.Tensor | None] = [None] * num_layers
         self.values: list[torch.Tensor | None] = [None] * num_layers
+        self._length = 0
         self._mode = "store"
         self._slots: tuple[int, int] | None = None
 
     def __len__(self) -> int:
-        """Number of cached positions."""
+        """Number of cached positions the next ``attend()`` forward sees before its own."""
+        return self._length
+
+    @property
+    def capacity(self) -> int:
         k = self.keys[0]
         return 0 if k is None else k.shape[2]
 
@@ -39,37 +48,42 @@ class KVCache:
             raise RuntimeError("attend() on an empty KVCache: run a store() forward first")
         self._mode, self._slots = "attend", None
 
-    def replace(self, start: int, stop: int) -> None:
-        if not 0 <= start < stop <= len(self):
-            raise RuntimeError(f"replace({start}, {stop}) outside the cache's {len(self)} slots")
-        self._mode, self._slots = "replace", (start, stop)
+    def overwrite(self, start: int, stop: int) -> None:
+        if not 0 <= start < stop <= self.capacity:
+            raise RuntimeError(f"overwrite({start}, {stop}) outside the cache's {self.capacity} slots")
+        self._mode, self._slots = "overwrite", (start, stop)
 
     def crop(self, length: int) -> None:
-        """Keep the first ``length`` positions (the prefix before the current block)."""
-        for i, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
-            if k is not None:
-                self.keys[i] = k[:, :, :length]
-                self.values[i] = v[:, :, :length]
+        """Keep the first ``length`` positions as the prefix (the buffers stay allocated)."""
+        self._length = min(length, self.capacity)
 
     def select_rows(self, rows: torch.Tensor) -> KVCache:
         """A cache holding only the given batch rows (shares nothing writable with ``self``)."""
         out = KVCache(len(self.keys))
         out.keys = [None if k is None else k.index_select(0, rows) for k in self.keys]
         out.values = [None if v is None else v.index_select(0, rows) for v in self.values]
-        out._mode, out._slots = self._mode, self._slots
+        out._length, out._mode, out._slots = self._length, self._mode, self._slots
         return out
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Record this layer's new K/V as the current mode says; return the K/V to attend to."""
         if self._mode == "store":
             self.keys[layer], self.values[layer] = k, v
+            if layer == 0:
+                self._length = k.shape[2]
             return k, v
-        ck, cv = self.keys[layer], self.values[layer]
         if self._mode == "attend":
-            return torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2)
-        start, stop = self._slots
-        if stop - start != k.shape[2]:
-            raise RuntimeError(f"replace slots [{start}, {stop}) but the forward fed {k.shape[2]} tokens")
+            start, stop = self._length, self._length + k.shape[2]
+            if stop > self.capacity:
+                raise RuntimeError(f"attend(): {k.shape[2]} new tokens after {start} do not fit the "
+                                   f"cache's {self.capacity} slots")
+        else:
+            start, stop = self._slots
+            if stop - start != k.shape[2]:
+                raise RuntimeError(f"overwrite slots [{start}, {stop}) but the forward fed {k.shape[2]} "
+                                   "tokens")
+        ck, cv = self.keys[layer], self.values[layer]
         ck[:, :, start:stop] = k
         cv[:, :, start:stop] = v
-        return ck, cv
+        end = stop if self._mode == "attend" else self.capacity
+        return ck[:, :, :end], cv[:, :, :end]

@@ -8,15 +8,17 @@ own masks, thresholds and early exit, and rows that need no forward are left out
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 
-from ..config import DecodeConfig
+from ..config import ConfigError, DecodeConfig
 from ..kv_cache import KVCache
 from ..models.base import DiffusionLM
 from . import policies
+from .cache_modes import MODES, CacheMode, Feed, logit_rows
+from .inputs import as_rows
 from .suffix import kept_columns
 
 
@@ -56,49 +58,30 @@ class GenerateOutput:
         return self.sequences[row, self.prompt_width - self.prompt_lengths[row] : self.prompt_width].tolist()
 
 
-def _ids_of(row) -> list[int]:
-    """One prompt's ids from a tensor, a list of ints or a tokenizer's encoding."""
-    if isinstance(row, Mapping):
-        row = row["input_ids"]
-    if isinstance(row, torch.Tensor):
-        return row.tolist()
-    if not all(isinstance(t, int) and not isinstance(t, bool) for t in row):
-        raise ValueError("input_ids: each prompt must be a sequence of integer token ids")
-    return list(row)
+class _Rows:
+    """The batch rows still decoding the current block, with everything that is per row."""
 
+    def __init__(self, run: _Run, idx: torch.Tensor, kept: torch.Tensor) -> None:
+        self.idx, self.order = idx, idx.tolist()
+        self.x = run.x.index_select(0, idx)
+        self.pos = run.positions.index_select(0, idx)[:, kept]
+        self.keys = None if run.key_valid is None else run.key_valid.index_select(0, idx)[:, kept]
+        self.gens = None if run.generators is None else [run.generators[i] for i in self.order]
+        self.schedule: torch.Tensor | None = None
+        self.cache: KVCache | None = None
 
-def _as_rows(input_ids, attention_mask) -> list[list[int]]:
-    """Prompts as lists of ids; a padded tensor needs an attention_mask with left padding."""
-    if isinstance(input_ids, Mapping):  # a tokenizer's BatchEncoding
-        attention_mask = input_ids.get("attention_mask", attention_mask)
-        input_ids = input_ids["input_ids"]
-        if isinstance(attention_mask, list):
-            attention_mask = torch.tensor(attention_mask)
-        if isinstance(input_ids, list) and input_ids and isinstance(input_ids[0], int):
-            input_ids = [input_ids]
-        if isinstance(input_ids, list):
-            input_ids = torch.tensor(input_ids)
-    if isinstance(input_ids, torch.Tensor):
-        if input_ids.dim() == 1:
-            input_ids = input_ids[None]
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids: expected shape [batch, length], got {tuple(input_ids.shape)}")
-        if attention_mask is None:
-            return [row.tolist() for row in input_ids]
-        if attention_mask.shape != input_ids.shape:
-            raise ValueError("attention_mask: must have the shape of input_ids")
-        rows = []
-        for ids, m in zip(input_ids.tolist(), attention_mask.tolist(), strict=True):
-            n = sum(int(v) for v in m)
-            if any(m[: len(m) - n]) or not all(m[len(m) - n :]):
-                raise ValueError("attention_mask: prompts must be left-padded (zeros first, then ones)")
-            rows.append(ids[len(ids) - n :])
-        return rows
-    if attention_mask is not None:
-        raise ValueError("attention_mask: only meaningful with a tensor input_ids")
-    if isinstance(input_ids, Sequence) and input_ids and all(isinstance(t, int) for t in input_ids):
-        return [list(input_ids)]
-    return [_ids_of(row) for row in input_ids]
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def keep(self, keep: torch.Tensor) -> None:
+        """Drop the rows that finished: only ``keep`` (indices into these rows) decode on."""
+        self.idx, self.x, self.pos = self.idx[keep], self.x[keep], self.pos[keep]
+        picked = keep.tolist()
+        self.order = [self.order[i] for i in picked]
+        self.keys = None if self.keys is None else self.keys[keep]
+        self.gens = None if self.gens is None else [self.gens[i] for i in picked]
+        self.schedule = None if self.schedule is None else self.schedule[keep]
+        self.cache = None if self.cache is None else self.cache.select_rows(keep)
 
 
 class _Run:
@@ -107,58 +90,73 @@ class _Run:
     def __init__(
         self, model: DiffusionLM, input_ids, cfg: DecodeConfig, attention_mask, seeds, cancelled=None
     ) -> None:
-        self.model, self.cfg = model, cfg
+        self.model, self.cfg, self.traits = model, cfg, model.traits
         self.cancelled: Callable[[int], bool] | None = cancelled
-        self.traits = model.traits
-        self.mask_id = cfg.mask_id if cfg.mask_id is not None else model.mask_id
-        self.eos_id = cfg.eos_id if cfg.eos_id is not None else model.eos_id
-        if self.mask_id is None:
-            raise ValueError(
-                "mask_id: the checkpoint's config has no mask_token_id; set DecodeConfig.mask_id"
-            )
+        self.ids = model.token_ids(cfg.mask_id, cfg.eos_id)
+        self.mask_id, self.eos_id = self.ids.mask, self.ids.eos
         if cfg.early_exit and self.eos_id is None:
             raise ValueError("eos_id: early_exit needs an EOS id; the checkpoint's config has none")
-        rows = _as_rows(input_ids, attention_mask)
+        rows = as_rows(input_ids, attention_mask)
+        self._check(rows)
+        self._layout(rows)
+        self.done = torch.zeros(self.batch, dtype=torch.bool, device=self.x.device)
+        self.row_nfe = [0] * self.batch
+        self.tokens_fed = [0] * self.batch
+        self.nfe = 0
+        self.generators = self._generators(seeds)
+
+    def _check(self, rows: list[list[int]]) -> None:
+        """Refuse, before anything is allocated, prompts the model cannot take."""
         if not rows:
             raise ValueError("input_ids: empty batch")
-        vocab = model.config.get("embedding_size") or model.config.get("vocab_size")
+        vocab = self.model.vocab_size
         for i, r in enumerate(rows):
             if not r:
                 raise ValueError(f"input_ids: prompt {i} is empty")
-            if vocab and (min(r) < 0 or max(r) >= vocab):
+            if min(r) < 0 or max(r) >= vocab:
                 raise ValueError(f"input_ids: prompt {i} has ids outside the vocabulary [0, {vocab})")
-        dev = model.device
+        width, context = max(len(r) for r in rows), self.model.max_context
+        if context is not None and width + self.cfg.gen_length > context:
+            if width >= context:
+                raise ValueError(f"input_ids: a prompt of {width} tokens leaves no room in the model's "
+                                 f"context of {context} positions")
+            raise ConfigError("gen_length", f"DecodeConfig.gen_length={self.cfg.gen_length}: the prompt "
+                              f"({width} tokens) plus gen_length is more than the model's context of "
+                              f"{context} positions")
+
+    def _layout(self, rows: list[list[int]]) -> None:
+        """Left-pad the prompts into one token matrix; positions count from each prompt's start."""
+        dev = self.model.device
         self.batch = len(rows)
         self.lengths = [len(r) for r in rows]
         self.width = max(self.lengths)
-        self.total = self.width + cfg.gen_length
-        pad_id = model.pad_id if model.pad_id is not None else (self.eos_id or 0)
+        self.total = self.width + self.cfg.gen_length
         x = torch.full((self.batch, self.total), self.mask_id, dtype=torch.long)
         pad = torch.tensor([self.width - n for n in self.lengths])
         for i, r in enumerate(rows):
-            x[i, : pad[i]] = pad_id
+            x[i, : pad[i]] = self.ids.pad
             x[i, pad[i] : self.width] = torch.tensor(r, dtype=torch.long)
         self.x = x.to(dev)
         cols = torch.arange(self.total)
         self.positions = (cols[None, :] - pad[:, None]).clamp(min=0).to(dev)
         self.key_valid = (cols[None, :] >= pad[:, None]).to(dev) if int(pad.max()) > 0 else None
-        self.done = torch.zeros(self.batch, dtype=torch.bool, device=dev)
-        self.row_nfe = [0] * self.batch
-        self.tokens_fed = [0] * self.batch
-        self.nfe = 0
-        if cfg.temperature > 0 or cfg.remasking == "random":
-            if seeds is None:
-                base = cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
-                seeds = [base + i for i in range(self.batch)]
-            if len(seeds) != self.batch:
-                raise ValueError(f"seeds: expected {self.batch} seeds, got {len(seeds)}")
-            self.generators = []
-            for s in seeds:
-                g = torch.Generator(device=dev)
-                g.manual_seed(int(s))
-                self.generators.append(g)
-        else:
-            self.generators = None
+
+    def _generators(self, seeds) -> list[torch.Generator] | None:
+        """One random stream per row (sampling or random remasking), so rows stay independent."""
+        cfg = self.cfg
+        if cfg.temperature == 0 and cfg.remasking != "random":
+            return None
+        if seeds is None:
+            base = cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
+            seeds = [base + i for i in range(self.batch)]
+        if len(seeds) != self.batch:
+            raise ValueError(f"seeds: expected {self.batch} seeds, got {len(seeds)}")
+        gens = []
+        for s in seeds:
+            g = torch.Generator(device=self.x.device)
+            g.manual_seed(int(s))
+            gens.append(g)
+        return gens
 
     def blocks(self) -> Iterator[BlockChunk]:
         cfg = self.cfg
@@ -179,88 +177,93 @@ class _Run:
                 return
 
     def _decode_block(self, s: int, e: int) -> None:
-        cfg, traits, model = self.cfg, self.traits, self.model
+        """Decode block [s, e) of every row that still has masks in it, within its step bound."""
+        cfg = self.cfg
         kept = kept_columns(e, self.total, cfg.window, cfg.tail_keep, self.x.device)
-        n_kept = kept.numel()
         act = torch.nonzero(~self.done & (self.x[:, s:e] == self.mask_id).any(-1)).flatten()
         if act.numel() == 0:
             return
-        xa = self.x.index_select(0, act)
-        pos = self.positions.index_select(0, act)[:, kept]
-        keys = None if self.key_valid is None else self.key_valid.index_select(0, act)[:, kept]
-        gens = None if self.generators is None else [self.generators[i] for i in act.tolist()]
-        schedule = None
-        if cfg.unmask == "steps" and traits.schedule == "even":
-            schedule = policies.even_schedule((xa[:, s:e] == self.mask_id).sum(-1), cfg.steps_per_block)
-        cache: KVCache | None = None
-        step = 0
-        while True:
-            block_start = step == 0
-            full_feed = cfg.cache == "none" or block_start  # the kept columns from 0, else a chunk from s
-            if full_feed:
-                if cfg.cache != "none":
-                    cache = model.new_cache()
-                    cache.store()
-                feed = xa[:, kept]
-                feed_pos = pos
-                rows = slice(s - 1, e - 1) if traits.logit_shift else slice(s, e)
-            else:
-                if cfg.cache == "prefix":
-                    cache.attend()
-                    feed, feed_pos = xa[:, kept[s:]], pos[:, s:]
-                else:
-                    cache.replace(s, e)
-                    feed, feed_pos = xa[:, s:e], pos[:, s:e]
-                rows = slice(0, max(e - s - 1, 1)) if traits.logit_shift else slice(0, e - s)
-            logits = model(feed, feed_pos, cache=cache, key_mask=keys, logits_rows=rows)
-            if traits.logit_shift and not full_feed:
-                logits = torch.cat([logits[:, :1], logits[:, : e - s - 1]], dim=1)
-            if block_start and cfg.cache == "prefix":
-                cache.crop(s)
-            self.nfe += 1
-            for i in act.tolist():
-                self.row_nfe[i] += 1
-                self.tokens_fed[i] += feed.shape[1]
-
-            block = xa[:, s:e]
-            cand = block == self.mask_id
-            fed_from_block = feed[:, s:] if full_feed else feed
-            masked_fed = (fed_from_block == self.mask_id).sum(-1)
-            ratio = masked_fed.to(torch.float64) / (n_kept - s)
-            commit, x0 = self._commit(logits, cand, ratio, step, block_start, schedule, gens)
-            xa[:, s:e] = torch.where(commit, x0, block)
-            self.x.index_copy_(0, act, xa)
-            step += 1
-
-            still = (xa[:, s:e] == self.mask_id).any(-1)
-            if self.cancelled is not None:
-                gone = [j for j, row in enumerate(act.tolist()) if self.cancelled(row)]
-                if gone:
-                    self.done[act[gone]] = True
-                    still[gone] = False
-            if not bool(still.any()):
+        rows = _Rows(self, act, kept)
+        if cfg.unmask == "steps" and self.traits.schedule == "even":
+            masks = (rows.x[:, s:e] == self.mask_id).sum(-1)
+            rows.schedule = policies.even_schedule(masks, cfg.steps_per_block)
+        mode = MODES[cfg.cache]
+        bound = cfg.max_block_steps
+        for step in range(bound):
+            feed = mode.feed(step, s, e, kept.numel())
+            logits, cand, ratio = self._forward(rows, mode, feed, kept, step, s, e)
+            commit, x0 = self._commit(logits, cand, ratio, step, rows)
+            if step == bound - 1:
+                commit = cand  # the step bound: the block ends whatever the logits say
+            block = rows.x[:, s:e]
+            rows.x[:, s:e] = torch.where(commit, x0, block)
+            self.x.index_copy_(0, rows.idx, rows.x)
+            if not self._continue(rows, s, e):
                 return
-            if not bool(still.all()):
-                keep = torch.nonzero(still).flatten()
-                act, xa, pos = act[keep], xa[keep], pos[keep]
-                keys = None if keys is None else keys[keep]
-                schedule = None if schedule is None else schedule[keep]
-                gens = None if gens is None else [gens[i] for i in keep.tolist()]
-                if cache is not None:
-                    cache = cache.select_rows(keep)
 
-    def _commit(self, logits, cand, ratio, step, block_start, schedule, gens):
+    def _forward(self, rows: _Rows, mode: CacheMode, feed: Feed, kept: torch.Tensor, step: int, s: int,
+                 e: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run one forward for ``rows``: (logits of the needed block positions, candidates, r_mask).
+
+        Greedy decoding needs logits only where the block is still masked, so the LM head runs
+        on those rows alone; sampling draws noise for every block position, so it gets them all.
+        """
+        if mode.uses_cache and step == 0:
+            rows.cache = self.model.new_cache()
+        mode.prepare(rows.cache, step, s, e, kept.numel())
+        ids = rows.x[:, kept[feed.lo : feed.hi]]
+        cand = rows.x[:, s:e] == self.mask_id
+        src = logit_rows(feed, e - s, self.traits.logit_shift, ids.device)
+        if self._sampling:
+            b = torch.arange(len(rows), device=ids.device).repeat_interleave(e - s)
+            want = (b, src.repeat(len(rows)))
+        else:
+            b, j = cand.nonzero(as_tuple=True)
+            want = (b, src[j])
+        logits = self.model(ids, rows.pos[:, feed.lo : feed.hi], cache=rows.cache, key_mask=rows.keys,
+                            logits_rows=want)
+        if self._sampling:
+            logits = logits.view(len(rows), e - s, -1)
+        mode.after_forward(rows.cache, step, s)
+        self.nfe += 1
+        for i in rows.order:
+            self.row_nfe[i] += 1
+            self.tokens_fed[i] += ids.shape[1]
+        masked = (ids[:, s - feed.lo :] == self.mask_id).sum(-1)
+        return logits, cand, masked.to(torch.float64) / (kept.numel() - s)
+
+    @property
+    def _sampling(self) -> bool:
+        return self.cfg.temperature > 0 or self.cfg.remasking == "random"
+
+    def _continue(self, rows: _Rows, s: int, e: int) -> bool:
+        """Drop rows whose block is done (or whose request was cancelled); any left?"""
+        still = (rows.x[:, s:e] == self.mask_id).any(-1)
+        if self.cancelled is not None:
+            gone = [j for j, row in enumerate(rows.order) if self.cancelled(row)]
+            if gone:
+                self.done[rows.idx[gone]] = True
+                still[gone] = False
+        left = int(still.sum())
+        if left == 0:
+            return False
+        if left < len(rows):
+            rows.keep(torch.nonzero(still).flatten())
+        return True
+
+    def _commit(self, logits: torch.Tensor, cand: torch.Tensor, ratio: torch.Tensor, step: int,
+                rows: _Rows) -> tuple[torch.Tensor, torch.Tensor]:
         """Which block positions to commit this step, and with which tokens."""
         cfg, traits = self.cfg, self.traits
-        x0, conf = self._scores(logits, cand, gens)
-        if block_start and cfg.cache != "none" and traits.first_token_at_block_start:
+        x0, conf = self._scores(logits, cand, rows.gens)
+        if step == 0 and cfg.cache != "none" and traits.first_token_at_block_start:
             first = torch.zeros_like(cand)
             first[:, 0] = True
             return first & cand, x0
         n = cand.sum(-1)
         if cfg.unmask == "steps":
-            if schedule is not None:
-                k = schedule[:, step] if step < schedule.shape[1] else n
+            if rows.schedule is not None:
+                k = rows.schedule[:, step] if step < rows.schedule.shape[1] else n
             else:
                 k = policies.linspace_count(n, step, cfg.steps_per_block, traits.schedule_eps)
             return policies.top_k_select(conf, cand, torch.minimum(k, n)), x0
@@ -272,21 +275,18 @@ class _Run:
             thr = torch.full_like(ratio, cfg.threshold, dtype=torch.float64)
         return policies.threshold_select(conf, cand, thr), x0
 
-    def _scores(self, logits, cand, gens):
-        """Token choice and confidence, computed for masked positions only."""
-        cfg = self.cfg
+    def _scores(self, logits: torch.Tensor, cand: torch.Tensor, gens) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token choice (never the mask id) and confidence of every candidate; -inf elsewhere."""
+        cfg, dtype = self.cfg, self.traits.confidence_dtype
+        if self._sampling:
+            # Row-wise draws keep a row's random stream independent of its batch.
+            tok, sc = policies.choose_tokens(logits, cfg.remasking, cfg.temperature, dtype, gens,
+                                             exclude=self.mask_id)
+            return tok, sc.to(torch.float64).masked_fill(~cand, policies.NEG_INF)
         x0 = torch.zeros(cand.shape, dtype=torch.long, device=cand.device)
         conf = torch.full(cand.shape, policies.NEG_INF, dtype=torch.float64, device=cand.device)
-        if cfg.temperature > 0 or cfg.remasking == "random":
-            # Row-wise draws keep a row's random stream independent of its batch.
-            tok, sc = policies.choose_tokens(
-                logits, cfg.remasking, cfg.temperature, self.traits.confidence_dtype, gens
-            )
-            return tok, sc.to(torch.float64).masked_fill(~cand, policies.NEG_INF)
         idx = cand.nonzero(as_tuple=True)
-        tok, sc = policies.choose_tokens(
-            logits[idx][None], cfg.remasking, 0.0, self.traits.confidence_dtype, None
-        )
+        tok, sc = policies.choose_tokens(logits[None], cfg.remasking, 0.0, dtype, None, exclude=self.mask_id)
         x0[idx] = tok[0]
         conf[idx] = sc[0].to(torch.float64)
         return x0, conf
@@ -305,13 +305,15 @@ def stream(
 
     ``cancelled(row)`` is asked after every step; a row it answers True for stops decoding at once
     (its remaining positions stay masked and it is reported finished), freeing its compute.
+    Between blocks the caller's code runs outside inference mode.
     """
-    yield from _inference(_Run(model, input_ids, config, attention_mask, seeds, cancelled))
+    yield from _blocks(_Run(model, input_ids, config, attention_mask, seeds, cancelled))
 
 
-def _inference(run: _Run) -> Iterator[BlockChunk]:
-    with torch.inference_mode():
-        yield from run.blocks()
+@torch.inference_mode()
+def _blocks(run: _Run) -> Iterator[BlockChunk]:
+    # The decorator form re-enters inference mode at each resume and leaves it at each yield.
+    yield from run.blocks()
 
 
 def generate(
@@ -328,7 +330,7 @@ def generate(
     ``seeds`` gives each row its own random stream (temperature > 0 or random remasking).
     """
     run = _Run(model, input_ids, config, attention_mask, seeds)
-    for _ in _inference(run):
+    for _ in _blocks(run):
         pass
     return GenerateOutput(
         sequences=run.x,

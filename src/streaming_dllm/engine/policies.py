@@ -18,29 +18,52 @@ def choose_tokens(
     temperature: float,
     confidence_dtype: torch.dtype,
     generators: list[torch.Generator | None] | None = None,
+    exclude: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token choice and confidence score for rows of logits [R, K, V] -> ([R, K], [R, K]).
 
     temperature 0 takes the argmax; > 0 takes the Gumbel-max on float64 logits (row r draws its
-    noise from ``generators[r]``, so a row's samples do not depend on its batch). The score is
-    the probability of the chosen token (``low_confidence`` / ``maskgit_plus``), the negative
-    entropy (``entropy``), top-1 minus top-2 (``margin``) or uniform noise (``random``).
+    noise from ``generators[r]``, so a row's samples do not depend on its batch). Token
+    ``exclude`` (the mask id) is never chosen: committing it would leave the position masked.
+    The score is the probability of the chosen token (``low_confidence`` / ``maskgit_plus``),
+    the negative entropy (``entropy``), top-1 minus top-2 (``margin``) or uniform noise
+    (``random``); probabilities are over the whole vocabulary, the excluded token included.
     """
     if temperature > 0:
         noise = _uniform_like(logits, torch.float64, generators)
         gumbel = (-torch.log(noise)) ** temperature
-        x0 = (logits.to(torch.float64).exp() / gumbel).argmax(-1)
+        keyed = logits.to(torch.float64).exp() / gumbel
+        if exclude is not None:
+            keyed[..., exclude] = NEG_INF
+        x0 = keyed.argmax(-1)
     else:
-        x0 = logits.argmax(-1)
+        x0 = _argmax_except(logits, exclude)
     if remasking == "random":
         return x0, _uniform_like(x0, torch.float64, generators)
-    p = F.softmax(logits.to(confidence_dtype), dim=-1)
-    if remasking == "entropy":
-        return x0, (p * torch.log(p + 1e-10)).sum(-1)
-    if remasking == "margin":
+    if remasking in ("entropy", "margin"):
+        p = F.softmax(logits.to(confidence_dtype), dim=-1)
+        if remasking == "entropy":
+            return x0, (p * torch.log(p + 1e-10)).sum(-1)
         top2 = p.topk(2, dim=-1).values
         return x0, top2[..., 0] - top2[..., 1]
-    return x0, p.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    return x0, chosen_probability(logits.to(confidence_dtype), x0)
+
+
+def chosen_probability(logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """softmax(logits)[chosen] without materialising the softmax: exp(l[chosen] - logsumexp(l))."""
+    picked = logits.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
+    return torch.exp(picked - torch.logsumexp(logits, dim=-1))
+
+
+def _argmax_except(logits: torch.Tensor, exclude: int | None) -> torch.Tensor:
+    """Argmax over the vocabulary with one token left out (restored afterwards, no copy)."""
+    if exclude is None:
+        return logits.argmax(-1)
+    saved = logits[..., exclude].clone()
+    logits[..., exclude] = NEG_INF
+    x0 = logits.argmax(-1)
+    logits[..., exclude] = saved
+    return x0
 
 
 def _uniform_like(t: torch.Tensor, dtype: torch.dtype, generators) -> torch.Tensor:
