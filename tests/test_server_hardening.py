@@ -48,8 +48,9 @@ def _translator(**limits) -> Translator:
 
 
 def _refusal(tr: Translator, **body) -> APIError:
+    body.setdefault("prompt", [1, 2, 3])
     with pytest.raises(APIError) as e:
-        tr.completion(CompletionRequest(model=MODEL, prompt=[1, 2, 3], **body))
+        tr.completion(CompletionRequest(model=MODEL, **body))
     return e.value
 
 
@@ -64,6 +65,15 @@ def test_config_errors_name_the_request_field():
         "block_length: must be in [1, 8], got 9"
     plan = tr.completion(CompletionRequest(model=MODEL, prompt=[1, 2, 3], max_tokens=5, block_length=4))
     assert plan.cfg.gen_length == 8
+
+
+def test_prompt_plus_generation_beyond_the_context_is_a_400():
+    settings = ServerSettings(model_name=MODEL, shared_overrides={"block_length": 8})
+    tr = Translator(settings, tokenizer=None, vocab_size=100, max_context=64)
+    err = _refusal(tr, prompt=[1] * 40, max_tokens=25)  # 40 + 32 positions do not fit, 40 + 24 do
+    assert (err.status, err.param, err.code) == (400, "prompt", "context_length_exceeded")
+    assert "context of 64" in err.message
+    assert tr.completion(CompletionRequest(model=MODEL, prompt=[1] * 40, max_tokens=24)).cfg.gen_length == 24
 
 
 def test_batches_group_by_the_config_key():

@@ -103,7 +103,7 @@ class _Service:
         self.settings, self.tok = settings, tokenizer
         self.metrics = Metrics()
         self.end_ids = stop_ids(model, tokenizer)
-        self.translator = Translator(settings, tokenizer, int(model.vocab_size))
+        self.translator = Translator(settings, tokenizer, int(model.vocab_size), model.max_context)
         self.batcher = Batcher(model, settings.limits, self.metrics, self.end_ids)
         self.created = int(time.time())
 

@@ -94,8 +94,10 @@ def _union_field(errors: list[dict]) -> tuple:
 class Translator:
     """Validates requests against the server's limits and the tokenizer, and builds plans."""
 
-    def __init__(self, settings: ServerSettings, tokenizer, vocab_size: int) -> None:
+    def __init__(self, settings: ServerSettings, tokenizer, vocab_size: int,
+                 max_context: int | None = None) -> None:
         self.settings, self.lim, self.tok, self.vocab = settings, settings.limits, tokenizer, vocab_size
+        self.max_context = max_context
 
     def completion(self, req: CompletionRequest) -> Plan:
         self._check_model(req.model)
@@ -199,6 +201,13 @@ class Translator:
         if not 0.0 <= temperature <= lim.max_temperature:
             raise bad("temperature", f"must be in [0, {lim.max_temperature}], got {temperature}")
         cfg = self._config(req, max_tokens, temperature, max_name)
+        longest = max(len(p) for p in prompts)
+        if self.max_context is not None and longest + cfg.gen_length > self.max_context:
+            raise bad("prompt" if isinstance(req, CompletionRequest) else "messages",
+                      f"{longest} prompt tokens plus {cfg.gen_length} generated positions ({max_name} "
+                      f"rounded up to whole blocks) exceed the model's context of {self.max_context} "
+                      "positions",
+                      "context_length_exceeded")
         base = req.seed if req.seed is not None else secrets.randbits(62)
         seeds = [(base + j) % SEED_MOD for _ in prompts for j in range(req.n)]
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
