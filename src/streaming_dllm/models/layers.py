@@ -71,16 +71,28 @@ def attention(
     """Bidirectional attention over [batch, heads, n, head_dim] tensors.
 
     RoPE is applied to the new queries and keys, the cache merges the new K/V with the cached
-    ones, and grouped K/V heads are repeated so kv head j serves query heads [j*H/KV, (j+1)*H/KV).
+    ones, and kv head j serves query heads [j*H/KV, (j+1)*H/KV) (SDPA's ``enable_gqa`` where
+    torch has it, repeated K/V heads otherwise: the logits and tokens are identical).
     ``key_mask`` is a boolean [batch, keys] mask (True = attend) covering cached + new keys.
     """
     q = apply_rotary(q, cos, sin)
     k = apply_rotary(k, cos, sin)
     if cache is not None:
         k, v = cache.update(layer, k, v)
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:
-        k = k.repeat_interleave(groups, dim=1)
-        v = v.repeat_interleave(groups, dim=1)
     mask = None if key_mask is None else key_mask[:, None, None, :]
+    if q.shape[1] == k.shape[1]:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if _SDPA_GQA:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)
+    v = v.repeat_interleave(groups, dim=1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _sdpa_supports_gqa() -> bool:
+    """torch >= 2.5 maps grouped K/V heads inside SDPA (no repeated copy of K and V)."""
+    return "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
+
+
+_SDPA_GQA = _sdpa_supports_gqa()
