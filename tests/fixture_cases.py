@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from streaming_dllm import DecodeConfig
 
 FIXTURES = Path(
@@ -16,9 +18,43 @@ FIXTURES = Path(
     )
 )
 
+# The methods of each fixture set, each run at every gen_length in GEN_LENGTHS (a group of 12 cases).
+# Listed here so tests can be collected without the fixtures; test_fixture_parity checks the
+# fixtures hold exactly these groups.
+GEN_LENGTHS = (64, 128)
+METHODS: dict[str, tuple[str, ...]] = {
+    "llada": (
+        "dual-cache", "dual-cache-factor", "fast-dllm-dual", "fast-dllm-prefix", "parallel-factor",
+        "parallel-threshold", "prefix-cache", "streaming-factor-w16", "streaming-fullwindow-a0.0",
+        "streaming-steps-w16", "streaming-w16-a0.0", "streaming-w16-a0.3", "streaming-w32-a0.0",
+        "streaming-w32-a0.3", "vanilla",
+    ),
+    "dream": (
+        "fast-dllm-dual", "fast-dllm-prefix", "parallel-threshold", "prefix-cache-entropy",
+        "streaming-dual-w16-a0.3", "streaming-entropy-w16", "streaming-fullwindow-a0.0",
+        "streaming-w16-a0.0", "streaming-w16-a0.3", "streaming-w32-a0.0", "streaming-w32-a0.3",
+        "vanilla-entropy", "vanilla-maskgit_plus",
+    ),
+}
+GROUP_NAMES: dict[str, list[str]] = {
+    arch: sorted(f"{m}-g{g}" for m in methods for g in GEN_LENGTHS) for arch, methods in METHODS.items()
+}
+
 # Methods whose reference runs one useless forward after a block that its block-start forward
 # completed (fixtures README, quirk 6); our engine skips it.
 USELESS_FORWARD_METHODS = {"prefix-cache", "fast-dllm-prefix", "dual-cache", "fast-dllm-dual"}
+
+
+def fixtures_present() -> bool:
+    return all((FIXTURES / f"{arch}-tiny" / "config.json").is_file() for arch in METHODS)
+
+
+def need_fixtures() -> None:
+    """Fail the running test, naming where the fixtures were looked for and how to point elsewhere."""
+    if not fixtures_present():
+        pytest.fail(
+            f"reference fixtures not found at {FIXTURES} (set STREAMING_DLLM_FIXTURES)", pytrace=False
+        )
 
 
 def load_cases(arch: str) -> list[dict[str, Any]]:

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 
 import pytest
 import torch
-from fixture_cases import USELESS_FORWARD_METHODS, config_for, load_cases
+from fixture_cases import GROUP_NAMES, USELESS_FORWARD_METHODS, config_for, load_cases, need_fixtures
 
 import streaming_dllm as sd
 
 
+@functools.cache
 def _groups(arch: str) -> dict[str, list[dict]]:
+    """The fixture cases of ``arch`` by group, read on first use (collection needs no fixtures)."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for case in load_cases(arch):
         groups[f"{case['method']}-g{case['gen_length']}"].append(case)
     return groups
 
 
-GROUPS = {arch: _groups(arch) for arch in ("llada", "dream")}
-PARAMS = [(arch, name) for arch, groups in GROUPS.items() for name in sorted(groups)]
+PARAMS = [(arch, name) for arch, names in GROUP_NAMES.items() for name in names]
+
+
+@pytest.mark.parametrize("arch", sorted(GROUP_NAMES))
+def test_fixtures_hold_the_known_groups(arch):
+    need_fixtures()
+    assert sorted(_groups(arch)) == GROUP_NAMES[arch]
 
 
 def _blocks_completed_at_start(model, input_ids, cfg) -> int:
@@ -34,7 +42,7 @@ def _blocks_completed_at_start(model, input_ids, cfg) -> int:
 @pytest.mark.parametrize("arch,group", PARAMS, ids=[f"{a}-{g}" for a, g in PARAMS])
 def test_reference_case_group(tiny_models, arch, group):
     model = tiny_models[arch]
-    cases = GROUPS[arch][group]
+    cases = _groups(arch)[group]
     replayed = 0
     for case in cases:
         assert not case["flags"], f"{case['case_id']} is flagged as fragile"
