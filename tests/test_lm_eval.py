@@ -166,6 +166,21 @@ def test_generate_until_batching_until_and_max_gen_toks(lm):
     assert lm.speed["samples"] == 1 and lm.speed["nfe"] > 0 and lm.speed["tokens_per_second"] > 0
 
 
+def test_request_config_rounds_with_for_budget_and_groups_by_key():
+    """max_gen_toks becomes gen_length by DecodeConfig.for_budget; requests whose configs have
+    equal keys (the preset's name is only a label) share a batch."""
+    lm = StreamingDLLMEval.__new__(StreamingDLLMEval)
+    lm.decode_config = build_decode_config("fast-dllm", block_length=32)
+    lm.fixed_gen_length, lm._warned = False, set()
+    for toks in (1, 31, 32, 33, 200):
+        cfg, max_toks = lm._request_config({"max_gen_toks": toks})
+        assert max_toks == toks and cfg == lm.decode_config.for_budget(toks)
+        assert cfg.gen_length == sd.config.gen_length_for(toks, 32)
+    a, _ = lm._request_config({"max_gen_toks": 40})
+    b = sd.DecodeConfig.preset("fast-dllm", gen_length=64, block_length=32).replace(preset_name="other")
+    assert a.key() == b.key()
+
+
 @needs_model
 def test_loglikelihood_ranks_the_right_answer_first(lm):
     """Tiny multiple choice: the worked solution's final line, right number vs three wrong ones."""

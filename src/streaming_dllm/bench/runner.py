@@ -172,14 +172,13 @@ def run_group(
                     tick(f"{m.label} (reused)")
         return [h[1] for h in hits]
     results = [MethodResult(m, n) for m, n in zip(group.methods, sizes, strict=True)]
-    todo = results
     if ctx.warmup:
-        for res in todo:
+        for res in results:
             _warm_up(ctx, res.method)
     batches = _batches(len(ctx.problems), ctx.batch_size)
     for b, prompts in enumerate(batches):
-        k = b % max(1, len(todo))
-        for res in todo[k:] + todo[:k]:  # rotate the order so no method always goes first
+        k = b % max(1, len(results))
+        for res in results[k:] + results[:k]:  # rotate the order so no method always goes first
             if res.stopped is not None or prompts[0] >= res.n_planned:
                 continue
             rows = [i for i in prompts if i < res.n_planned]
@@ -194,7 +193,7 @@ def run_group(
             if not done and ctx.budget_s and res.seconds >= ctx.budget_s:
                 res.stopped = "time budget"
     where = f"{group.suite}/{group.name}"
-    for res in todo:
+    for res in results:
         ctx.done.setdefault((res.method.config.key(), ctx.batch_size), (where, res))
     return results
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..bench.cli import add_bench_parser
@@ -33,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, MissingExtra) as exc:
+        parser.exit(2, f"streaming-dllm: error: {exc}\n")
+    except BrokenPipeError:  # e.g. piped into head: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
+    except OSError as exc:  # a file or folder the command could not read or write
         parser.exit(2, f"streaming-dllm: error: {exc}\n")
     except KeyboardInterrupt:
         return 130
