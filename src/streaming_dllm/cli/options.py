@@ -108,6 +108,12 @@ def check_model_args(args: argparse.Namespace) -> None:
     device = str(args.device)
     if not DEVICE_RE.match(device):
         raise ValueError(f"--device: {device!r} is not one of cpu, cuda, cuda:N, mps, auto")
+    if device.startswith("cuda:"):
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count and int(device[5:]) >= count:
+            raise ValueError(f"--device: {device!r}: this machine has {count} CUDA device(s)")
 
 
 def check_token_ids(model, cfg: DecodeConfig) -> None:
@@ -175,14 +181,22 @@ def load_from_args(args: argparse.Namespace):
     from ..loading import load_model, load_tokenizer
 
     check_model_args(args)
-    model = load_model(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        revision=args.revision,
-        allow_pickle=args.allow_pickle,
-        trust_remote_code=args.trust_remote_code,
-    )
+    try:
+        model = load_model(
+            args.model,
+            device=args.device,
+            dtype=args.dtype,
+            revision=args.revision,
+            allow_pickle=args.allow_pickle,
+            trust_remote_code=args.trust_remote_code,
+        )
+    except ValueError as exc:
+        # The loader names its parameter ("device: ..."); the user typed the flag.
+        msg = str(exc)
+        for name in ("device", "dtype", "revision"):
+            if msg.startswith(f"{name}:"):
+                raise ValueError(f"--{msg}") from None
+        raise
     return model, load_tokenizer(model, trust_remote_code=args.trust_remote_code)
 
 
