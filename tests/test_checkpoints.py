@@ -139,6 +139,7 @@ BAD_CONFIGS = [
     ("eos list outside vocab", dict(eos_token_id=[991, 5000]), "eos_token_id=[991, 5000]"),
     ("pad a float", dict(pad_token_id=1.5), "pad_token_id=1.5"),
     ("mask bool", dict(mask_token_id=True), "mask_token_id=True"),
+    ("eos empty list", dict(eos_token_id=[]), "eos_token_id=[]"),
 ]
 
 
@@ -162,6 +163,7 @@ BAD_CONFIG_FILES = [
     ("not UTF-8", b'{"model_type": "\xff\xfe"}', "not UTF-8"),
     ("empty", b"", "invalid JSON"),
     ("deep nesting", b"[" * 100000 + b"]" * 100000, "invalid JSON"),
+    ("a 5000-digit integer", b'{"n_layers": ' + b"9" * 5000 + b"}", "invalid JSON"),
 ]
 
 
@@ -181,6 +183,17 @@ def test_layer_count_checked_against_the_weights_before_building(tmp_path, arch,
     assert time.perf_counter() - start < 1.0
     _edit_config(folder, **{key: 3})
     _refused(folder, f"{key}=3", "layers 0-3")
+
+
+def test_weights_of_another_family_and_odd_layer_names(tmp_path):
+    folder = _copy(tmp_path)
+    shutil.copy(FIXTURES / "dream-tiny" / "model.safetensors", folder / "model.safetensors")
+    _refused(folder, str(folder / "model.safetensors"), "do not match the llada architecture",
+             "no weights under 'model.transformer.blocks.'")
+    state = load_file(str(FIXTURES / "llada-tiny" / "model.safetensors"))
+    state["model.transformer.blocks.\u00b2.x"] = torch.zeros(1)  # a digit to isdigit(), not to int()
+    save_file(state, str(folder / "model.safetensors"))
+    _refused(folder, "unexpected ['model.transformer.blocks.\u00b2.x']")
 
 
 def test_nan_and_inf_weights_warn_naming_file_and_tensor(tmp_path):

@@ -128,7 +128,7 @@ def read_json_object(path: Path, what: str = "") -> dict[str, Any]:
         raise CheckpointError(f"{label}: not UTF-8 text ({_one_line(exc)})") from exc
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: also an integer of over 4300 digits
         raise CheckpointError(f"{label}: invalid JSON ({_one_line(exc)})") from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"{label}: expected a JSON object, got a JSON {type(obj).__name__}")
@@ -156,6 +156,8 @@ def _check_config(cls: type[DiffusionLM], config: dict[str, Any], path: Path) ->
         if value is None:
             continue
         values = value if key == "eos_token_id" and isinstance(value, list) else [value]
+        if not values:
+            raise CheckpointError(f"{path}: {key}=[] must name at least one token id")
         for v in values:
             if not (_is_int(v) and 0 <= v < vocab):
                 raise CheckpointError(
@@ -255,7 +257,7 @@ def read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]
         raise CheckpointError(f"{path}: cannot be read ({_one_line(exc)})") from exc
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({_one_line(exc)})") from exc
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: the safetensors header is not a JSON object")
@@ -303,18 +305,25 @@ def read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]
     return out
 
 
-def _check_layers(cls: type[DiffusionLM], config: dict[str, Any], names: dict[str, Path], cfg_path: Path,
+def _check_layers(cls: type[DiffusionLM], config: dict[str, Any], names: dict[str, Any], cfg_path: Path,
                   where: Path) -> None:
     """The config's layer count against the layer indices the weights have, before building."""
-    n_layers = config[cls.layers_key]
+    n_layers = config.get(cls.layers_key)
+    if not _is_int(n_layers):
+        return
     found = set()
     for name in names:
         if name.startswith(cls.layer_prefix):
             head = name[len(cls.layer_prefix):].split(".", 1)[0]
-            if head.isdigit():
+            if head.isascii() and head.isdigit():
                 found.add(int(head))
+    if not found:
+        raise CheckpointError(
+            f"{where}: weights do not match the {cls.family} architecture (no weights under "
+            f"{cls.layer_prefix!r}; {cfg_path.name} has {cls.layers_key}={n_layers})"
+        )
     if found != set(range(n_layers)):
-        have = f"layers {min(found)}-{max(found)} ({len(found)} in all)" if found else "no layers"
+        have = f"layers {min(found)}-{max(found)} ({len(found)} in all)"
         raise CheckpointError(
             f"{cfg_path}: {cls.layers_key}={n_layers}, but the weights in {where} have {have} "
             f"under {cls.layer_prefix!r}"
