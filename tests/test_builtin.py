@@ -9,7 +9,8 @@ import torch
 import streaming_dllm as sd
 from streaming_dllm.loading import BUILTIN_DIR
 from streaming_dllm.tasks import arith
-from streaming_dllm.tasks.arith_eval import encode_prompts, used_positions
+from streaming_dllm.tasks.arith_eval import encode_prompts
+from streaming_dllm.text import used_positions
 
 N_PROBLEMS = 8
 

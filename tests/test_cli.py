@@ -191,3 +191,17 @@ def test_summary_counts_the_answer_tokens_like_the_server(capsys):
     answer = answer_ids(gen, stop_ids(model, tok))
     assert counted == len(answer) > 0
     assert captured.out.strip() == tok.decode(answer, skip_special_tokens=True).strip()
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", "--prompt", "hi", "--seed", str(10**25)],
+    ["generate", "--prompt", "hi", "--device", "meta"],
+    ["bench", "--threads", "-1"],
+])
+def test_a_flag_mistake_is_reported_before_torch_is_imported(argv):
+    code = ("import sys\nfrom streaming_dllm.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert e.code == 2\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    res = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "error: --" in res.stderr

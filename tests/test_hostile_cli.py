@@ -33,6 +33,9 @@ CASES = [
     Case("gen-length beyond the context", [*GEN, *PROMPT, "--gen-length", "8192"],
          "--gen-length: 8192 exceeds the model's context of 4096"),
     Case("mask id equal to EOS", [*GEN, *PROMPT, "--mask-id", "1"], "mask_id"),
+    # The engine never commits the mask id, so a mask id the model may predict still ends.
+    Case("mask id a vocabulary word, fast-dllm", [*GEN, *PROMPT, "--method", "fast-dllm", "--mask-id", "20",
+                                                  "--gen-length", "64"], "[fast-dllm]", rc=0),
     Case("mask id outside the vocab", [*GEN, *PROMPT, "--mask-id", "100000"], "--mask-id"),
     Case("empty prompt", GEN, "the prompt is empty", stdin=b" \n"),
     Case("window not a number", [*GEN, *PROMPT, "--window", "wide"], "--window"),

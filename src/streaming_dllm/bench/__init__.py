@@ -4,6 +4,6 @@
 paper-shaped experiments, ``report`` writes Markdown and JSON, ``plots`` the PNG figures.
 """
 
-from .runner import Group, Method, MethodResult, Sample
+from .results import Group, Method, MethodResult, Sample
 
 __all__ = ["Group", "Method", "MethodResult", "Sample"]

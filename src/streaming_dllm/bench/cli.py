@@ -154,12 +154,6 @@ def check_writable_file(path: Path, name: str) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..tasks import arith
-    from . import plots, report
-    from .runner import BenchContext, planned_calls, run_group
-
     check_args(args)
     sizes = suites.sizes_for(args.quick, n=args.n, n_slow=args.n_slow, n_sweep=args.n_sweep,
                              block_length=args.block_length)
@@ -175,6 +169,13 @@ def run_bench(args: argparse.Namespace) -> int:
     check_writable_dir(out, "--out")
     if args.update_doc:
         check_writable_file(Path(args.update_doc), "--update-doc")
+    # Everything the user typed is checked before torch is imported.
+    import torch
+
+    from ..tasks import arith
+    from . import plots, report
+    from .runner import BenchContext, planned_calls, run_group
+
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tok = load_from_args(args)

@@ -14,7 +14,7 @@ import statistics
 from typing import Any
 
 from ..config import DecodeConfig
-from .runner import MethodResult, Sample
+from .results import MethodResult, Sample
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .metrics import find_reference, paired_accuracy_delta, paired_speedup, paired_time_speedup, summarize
-from .runner import Group, MethodResult
+from .results import Group, MethodResult
 
 SCHEMA = "streaming-dllm-bench/1"
 PACKAGES = ("streaming-dllm", "torch", "transformers", "tokenizers", "safetensors", "numpy", "matplotlib")

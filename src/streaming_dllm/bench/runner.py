@@ -14,61 +14,14 @@ from typing import Any
 
 import torch
 
-from ..config import DecodeConfig
 from ..engine import generate
 from ..tasks import arith
 from ..tasks.arith_eval import answer_text, encode_prompts
 from ..text import stop_ids, used_positions
 from .memory import PeakMemory
+from .results import Group, Method, MethodResult, Sample
 
-
-@dataclass
-class Method:
-    """One row of a table: a label, its decoding config, an optional smaller sample size and why."""
-
-    label: str
-    config: DecodeConfig
-    n: int | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    note: str = ""
-
-
-@dataclass
-class Group:
-    """Methods compared side by side at one generation length (one table)."""
-
-    suite: str
-    name: str
-    gen_length: int
-    methods: list[Method]
-
-
-@dataclass
-class Sample:
-    """One prompt decoded by one method. ``seconds`` is the wall time of its batch."""
-
-    prompt: int
-    batch: int
-    seconds: float
-    share: float
-    tokens: int
-    used: int
-    nfe: int
-    tokens_fed: int
-    correct: bool
-
-
-@dataclass
-class MethodResult:
-    """Every sample of one method in one group, plus how the sample came to be its size."""
-
-    method: Method
-    n_planned: int
-    samples: list[Sample] = field(default_factory=list)
-    peak_bytes: int | None = None
-    seconds: float = 0.0
-    stopped: str | None = None
-    reused_from: str | None = None
+__all__ = ["BenchContext", "Group", "Method", "MethodResult", "Sample", "planned_calls", "run_group"]
 
 
 @dataclass

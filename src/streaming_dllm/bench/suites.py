@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from ..config import PRESETS, DecodeConfig
-from .runner import Group, Method
+from .results import Group, Method
 
 SUITES = ("main", "ablation", "length", "window", "alpha")
 SLOW = ("vanilla", "prefix-cache")

@@ -36,15 +36,16 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from ..engine import stream
-    from ..text import answer_ids, encode_prompt, stop_ids
-
     cfg = config_from_args(args)
     check_model_args(args)
     prompt = args.prompt if args.prompt is not None else read_stdin_text()
     prompt_flag = "--prompt" if args.prompt is not None else "--prompt (stdin)"
     if not prompt.strip():
         raise ValueError("the prompt is empty: pass --prompt TEXT or pipe the prompt on stdin")
+    # Flags and the prompt are checked before torch is imported: a mistake is reported at once.
+    from ..engine import stream
+    from ..text import answer_ids, encode_prompt, stop_ids
+
     model, tok = load_from_args(args)
     check_token_ids(model, cfg)
     ids = encode_prompt(tok, prompt, chat=False if args.no_chat_template else None)

@@ -13,10 +13,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 
-from ..text import answer_ids, encode_chat, stop_ids, used_positions
 from . import arith
-
-__all__ = ["EvalResult", "answer_text", "encode_prompts", "evaluate", "main", "used_positions"]
 
 
 @dataclass
@@ -36,11 +33,15 @@ def answer_text(tokenizer, ids: list[int], stop_ids: set[int]) -> str:
     """The answer as a user (or the harness) sees it: the text before the first stop token
     (``text.answer_ids``). A stray token left in the EOS region after the end of turn is not part
     of the answer, so it must not be scored."""
+    from ..text import answer_ids
+
     return tokenizer.decode(answer_ids(ids, stop_ids), skip_special_tokens=True)
 
 
 def encode_prompts(tokenizer, problems: list[arith.Problem]) -> list[list[int]]:
     """Chat-templated prompt ids, ready for ``generate`` (``text.encode_chat`` of each problem)."""
+    from ..text import encode_chat
+
     return [encode_chat(tokenizer, arith.messages(p)) for p in problems]
 
 
@@ -50,6 +51,7 @@ def evaluate(model, tokenizer, problems: list[arith.Problem], config, batch_size
     from tqdm import tqdm
 
     from ..engine import generate
+    from ..text import stop_ids, used_positions
 
     stop = stop_ids(model, tokenizer)
     correct, used, nfe = 0, [], 0
@@ -119,8 +121,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(parser: argparse.ArgumentParser, argv: list[str]) -> None:
-    import torch
-
     from ..cli.options import (
         check_argv,
         check_context,
@@ -149,6 +149,8 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     problems = split[args.offset : None if args.n is None else args.offset + args.n]
     if not problems:
         raise ValueError(f"--offset: no problems left: the {args.split} split has {len(split)}")
+    import torch  # after every flag is checked
+
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_from_args(args)
