@@ -1,7 +1,8 @@
 """Benchmarks: every decoding method side by side on the same prompts (``streaming-dllm bench``).
 
-``runner`` times interleaved methods, ``metrics`` turns samples into figures, ``suites`` holds the
-paper-shaped experiments, ``report`` writes Markdown and JSON, ``plots`` the PNG figures.
+``results`` holds the plain data (methods, groups, samples), ``runner`` times interleaved methods,
+``metrics`` turns samples into figures, ``suites`` holds the paper-shaped experiments, ``report``
+writes Markdown and JSON, ``plots`` the PNG figures.
 """
 
 from .results import Group, Method, MethodResult, Sample
