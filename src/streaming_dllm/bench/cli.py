@@ -36,8 +36,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--gen-lengths", nargs="+", type=int, default=None,
                    help="lengths for --methods (default: the main table's)")
     p.add_argument("--quick", action="store_true",
-                   help="tiny sizes, a CI smoke test: under a minute on an idle CPU (45 s measured with "
-                   "--threads 1 on 2 cores), a few minutes on a loaded machine")
+                   help="tiny sizes, a CI smoke test: under a minute on an idle CPU (25 s measured on 2 "
+                   "idle cores, 45 s on 2 busy ones), a few minutes on a heavily loaded machine")
     p.add_argument("--n", type=int, default=None, help="prompts per method (default 16; quick 2)")
     p.add_argument("--n-slow", type=int, default=None,
                    help="prompts for vanilla and prefix-cache, one forward per token (default 3; quick 1)")
