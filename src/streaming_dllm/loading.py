@@ -233,6 +233,10 @@ def _weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
     return [_confined(folder, f.name, root, f) for f in pickles]
 
 
+TensorInfo = tuple[str, tuple[int, ...]]
+"""(dtype, shape) of a tensor as its safetensors header declares it."""
+
+
 def read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Name -> (dtype, shape) of a safetensors file, validated before any data is read.
 
@@ -261,38 +265,20 @@ def read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]
         raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({_one_line(exc)})") from exc
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: the safetensors header is not a JSON object")
-    data_size = size - 8 - n
-    out: dict[str, tuple[str, tuple[int, ...]]] = {}
+    return _header_tensors(path, header, size - 8 - n)
+
+
+def _header_tensors(path: Path, header: dict[str, Any], data_size: int) -> dict[str, TensorInfo]:
+    """Each tensor entry checked; together their data must tile the ``data_size`` bytes exactly."""
+    out: dict[str, TensorInfo] = {}
     spans: list[tuple[int, int, str]] = []
     for name, info in header.items():
         if name == "__metadata__":
             if not isinstance(info, dict):
                 raise CheckpointError(f"{path}: __metadata__ is not a JSON object")
             continue
-        if not isinstance(info, dict):
-            raise CheckpointError(
-                f"{path}: tensor {name!r}: expected an object with dtype, shape, data_offsets"
-            )
-        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dtype not in SAFETENSORS_DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
-        if not (isinstance(shape, list) and all(_is_int(d) and d >= 0 for d in shape)):
-            raise CheckpointError(f"{path}: tensor {name!r} has invalid shape {shape!r}")
-        if not (
-            isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
-            and 0 <= offsets[0] <= offsets[1] <= data_size
-        ):
-            raise CheckpointError(
-                f"{path}: tensor {name!r} has data_offsets {offsets!r} outside the {data_size} data bytes"
-            )
-        nbytes = math.prod(shape) * SAFETENSORS_DTYPES[dtype]
-        if offsets[1] - offsets[0] != nbytes:
-            raise CheckpointError(
-                f"{path}: tensor {name!r} of shape {shape} {dtype} needs {nbytes} bytes, "
-                f"its data_offsets span {offsets[1] - offsets[0]}"
-            )
-        out[name] = (dtype, tuple(shape))
-        spans.append((offsets[0], offsets[1], name))
+        out[name] = _header_tensor(path, name, info, data_size)
+        spans.append((info["data_offsets"][0], info["data_offsets"][1], name))
     end = 0
     for lo, hi, name in sorted(spans):
         if lo != end:
@@ -303,6 +289,31 @@ def read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]
     if end != data_size:
         raise CheckpointError(f"{path}: tensors cover {end} of the {data_size} data bytes")
     return out
+
+
+def _header_tensor(path: Path, name: str, info: Any, data_size: int) -> tuple[str, tuple[int, ...]]:
+    """(dtype, shape) of one header entry whose offsets fit the data and match its size."""
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}: tensor {name!r}: expected an object with dtype, shape, data_offsets")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in SAFETENSORS_DTYPES:
+        raise CheckpointError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
+    if not (isinstance(shape, list) and all(_is_int(d) and d >= 0 for d in shape)):
+        raise CheckpointError(f"{path}: tensor {name!r} has invalid shape {shape!r}")
+    if not (
+        isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
+        and 0 <= offsets[0] <= offsets[1] <= data_size
+    ):
+        raise CheckpointError(
+            f"{path}: tensor {name!r} has data_offsets {offsets!r} outside the {data_size} data bytes"
+        )
+    nbytes = math.prod(shape) * SAFETENSORS_DTYPES[dtype]
+    if offsets[1] - offsets[0] != nbytes:
+        raise CheckpointError(
+            f"{path}: tensor {name!r} of shape {shape} {dtype} needs {nbytes} bytes, "
+            f"its data_offsets span {offsets[1] - offsets[0]}"
+        )
+    return dtype, tuple(shape)
 
 
 def _check_layers(cls: type[DiffusionLM], config: dict[str, Any], names: dict[str, Any], cfg_path: Path,
@@ -395,60 +406,22 @@ def load_model(
     dt = resolve_dtype(dtype, dev)
     folder = resolve_checkpoint(name_or_path, revision)
     config = read_config(folder)
-    try:
-        cls = family_for(config)
-    except ValueError as exc:
-        if config.get("auto_map"):
-            raise CheckpointError(
-                f"{name_or_path}: {exc}. This checkpoint ships its own modeling code (auto_map); "
-                "streaming-dllm never executes checkpoint code, so it cannot load this family."
-            ) from exc
-        raise CheckpointError(f"{name_or_path}: {exc}") from exc
+    cls = _family(name_or_path, config)
     cfg_path = folder / "config.json"
     _check_config(cls, config, cfg_path)
     files = _weight_files(folder, allow_pickle)
     where = files[0] if len(files) == 1 else folder
     # Shapes first, from the safetensors headers (no data read) or from the loaded pickles, so a
     # config that does not match its weights fails before the model is built or anything is read.
-    state: dict[str, torch.Tensor] | None = None
-    shapes: dict[str, tuple[tuple[int, ...], Path]] = {}
-    if all(f.suffix == ".safetensors" for f in files):
-        for f in files:
-            for name, (_, shape) in read_safetensors_header(f).items():
-                if name in shapes:
-                    raise CheckpointError(f"{f}: weight {name} is also in {shapes[name][1]}")
-                shapes[name] = (shape, f)
-    else:
-        state = {}
-        for f in files:
-            part = _read_weights(f, dt, dev)
-            shapes.update({k: (tuple(v.shape), f) for k, v in part.items()})
-            state.update(part)
+    shapes, state = _weight_shapes(files, dt, dev)
     _check_layers(cls, config, shapes, cfg_path, where)
     try:
         with torch.device("meta"):
             model = cls(config)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{cfg_path}: missing or invalid key {exc}") from exc
-    expected = dict(model.named_parameters())
     tied = cls.tied_weights(config)
-    for name in tied:
-        expected.pop(name, None)
-    names = set(shapes) - set(tied)
-    missing = sorted(set(expected) - names)
-    unexpected = sorted(names - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{where}: weights do not match the {cls.family} architecture "
-            f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
-            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})"
-        )
-    for name in sorted(names):
-        shape, f = shapes[name]
-        if shape != tuple(expected[name].shape):
-            raise CheckpointError(
-                f"{f}: weight {name} has shape {shape}, {cfg_path.name} implies {tuple(expected[name].shape)}"
-            )
+    _check_names_and_shapes(model, shapes, set(tied), cfg_path, where)
     if state is None:
         state = {}
         for f in files:
@@ -460,6 +433,59 @@ def load_model(
     model.name_or_path = str(folder)
     model.trust_remote_code = trust_remote_code
     return model.eval().requires_grad_(False)
+
+
+def _family(name_or_path: str | os.PathLike, config: dict[str, Any]) -> type[DiffusionLM]:
+    """The family the config describes; never a checkpoint's own code."""
+    try:
+        return family_for(config)
+    except ValueError as exc:
+        if config.get("auto_map"):
+            raise CheckpointError(
+                f"{name_or_path}: {exc}. This checkpoint ships its own modeling code (auto_map); "
+                "streaming-dllm never executes checkpoint code, so it cannot load this family."
+            ) from exc
+        raise CheckpointError(f"{name_or_path}: {exc}") from exc
+
+
+def _weight_shapes(files: list[Path], dt: torch.dtype, dev: torch.device):
+    """(name -> (shape, file), the loaded state or None): safetensors from their headers only,
+    pickles by loading them (they have no header)."""
+    shapes: dict[str, tuple[tuple[int, ...], Path]] = {}
+    if all(f.suffix == ".safetensors" for f in files):
+        for f in files:
+            for name, (_, shape) in read_safetensors_header(f).items():
+                if name in shapes:
+                    raise CheckpointError(f"{f}: weight {name} is also in {shapes[name][1]}")
+                shapes[name] = (shape, f)
+        return shapes, None
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        part = _read_weights(f, dt, dev)
+        shapes.update({k: (tuple(v.shape), f) for k, v in part.items()})
+        state.update(part)
+    return shapes, state
+
+
+def _check_names_and_shapes(model: DiffusionLM, shapes: dict[str, tuple[tuple[int, ...], Path]],
+                            tied: set[str], cfg_path: Path, where: Path) -> None:
+    """Every parameter present with the shape the config implies, nothing unexpected."""
+    expected = {k: v for k, v in model.named_parameters() if k not in tied}
+    names = set(shapes) - tied
+    missing = sorted(set(expected) - names)
+    unexpected = sorted(names - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{where}: weights do not match the {model.family} architecture "
+            f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})"
+        )
+    for name in sorted(names):
+        shape, f = shapes[name]
+        if shape != tuple(expected[name].shape):
+            raise CheckpointError(
+                f"{f}: weight {name} has shape {shape}, {cfg_path.name} implies {tuple(expected[name].shape)}"
+            )
 
 
 def load_tokenizer(model_or_path: DiffusionLM | str | os.PathLike, trust_remote_code: bool = False):
