@@ -30,7 +30,7 @@ def tiny_checkpoint(tmp_path_factory):
     from streaming_dllm.models.llada import LLaDAModel
     from streaming_dllm.tasks import arith
     from streaming_dllm.tasks import tokenizer as tok_lib
-    from streaming_dllm.train_demo import TrainConfig, model_config, save_checkpoint
+    from streaming_dllm.training import TrainConfig, model_config, save_checkpoint
 
     out = tmp_path_factory.mktemp("tiny_bench_ckpt")
     texts = [p.prompt + "\n" + p.solution for p in arith.problems("dev")]

@@ -102,9 +102,9 @@ FACTS_FLOOR = 0.75  # the shipped checkpoint knows 79.1% (builtin/TRAINING.md)
 
 
 def test_knows_most_arithmetic_facts(model, tok):
-    """Every equation the problems use, results masked on practice sheets (train_demo.fact_accuracy).
+    """Every equation the problems use, results masked on practice sheets (training.fact_accuracy).
     A problem needs 2 to 4 of them right, so this floor guards the shipped checkpoint's quality."""
-    from streaming_dllm.train_demo import fact_accuracy
+    from streaming_dllm.training import fact_accuracy
 
     acc = fact_accuracy(model, tok)
     assert set(acc) == {"add", "sub", "mul", "div", "all"}

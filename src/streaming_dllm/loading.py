@@ -7,10 +7,13 @@ float32 copy in host memory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -416,7 +419,7 @@ def load_model(
     shapes, state = _weight_shapes(files, dt, dev)
     _check_layers(cls, config, shapes, cfg_path, where)
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _no_random_init():
             model = cls(config)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{cfg_path}: missing or invalid key {exc}") from exc
@@ -433,6 +436,26 @@ def load_model(
     model.name_or_path = str(folder)
     model.trust_remote_code = trust_remote_code
     return model.eval().requires_grad_(False)
+
+
+_INIT_FUNCTIONS = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+                   "xavier_normal_", "trunc_normal_")
+_INIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _no_random_init() -> Iterator[None]:
+    """Skip the random init of layers built on the meta device: the checkpoint assigns every
+    weight, and torch's meta-device init imports its compiler stack (seconds per load)."""
+    with _INIT_LOCK:
+        saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS}
+        for name in _INIT_FUNCTIONS:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        try:
+            yield
+        finally:
+            for name, fn in saved.items():
+                setattr(torch.nn.init, name, fn)
 
 
 def _family(name_or_path: str | os.PathLike, config: dict[str, Any]) -> type[DiffusionLM]:
