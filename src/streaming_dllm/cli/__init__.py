@@ -10,6 +10,6 @@ from __future__ import annotations
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``streaming-dllm`` command."""
-    from .main import main as run
+    from .commands import main as run
 
     return run(argv)
