@@ -8,10 +8,11 @@ The decoder tells the cache what the next forward does with it:
 
 * ``store()``: the forward's K/V become the cache's buffers (a block-start forward). The buffers
   are allocated once, by that forward, and every later forward of the block writes into them;
-* ``crop(n)`` then ``attend()``: the cache's first ``n`` positions are the prefix; the forward
-  writes its K/V into the slots after it and attends to prefix + its own K/V (prefix cache);
 * ``overwrite(start, stop)``: the forward's K/V overwrite slots ``[start, stop)`` and it attends to
-  every slot (dual cache).
+  every slot (the decoder's prefix cache feeds ``[block start, end of kept suffix)``, its dual
+  cache only the block);
+* ``crop(n)`` then ``attend()``: the cache's first ``n`` positions are the prefix; the forward
+  writes its K/V into the slots after it and attends to prefix + its own K/V.
 
 No forward concatenates the prefix: a step costs its own tokens' K/V, not a copy of the cache.
 """

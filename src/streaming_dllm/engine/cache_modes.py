@@ -47,12 +47,13 @@ class CacheMode:
     def prepare(self, cache: KVCache | None, step: int, s: int, e: int, n_kept: int) -> None:
         """Set the cache's mode for this step's forward."""
 
-    def after_forward(self, cache: KVCache | None, step: int, s: int) -> None:
-        """Fix up the cache once the forward has run."""
-
 
 class PrefixCache(CacheMode):
-    """Block start: store every kept column; later: feed block + kept suffix over the prefix."""
+    """Block start: store every kept column; later: feed block + kept suffix over the prefix.
+
+    A later step's K/V overwrite the slots of the columns it feeds, so it attends to the cached
+    prefix plus its own keys, with no copy of the prefix.
+    """
 
     name = "prefix"
     uses_cache = True
@@ -63,35 +64,23 @@ class PrefixCache(CacheMode):
         return Feed(s, self._stop(e, n_kept), 0, False)
 
     def _stop(self, e: int, n_kept: int) -> int:
+        """End (in kept columns) of what a later step feeds: the block and the kept suffix."""
         return n_kept
 
     def prepare(self, cache: KVCache | None, step: int, s: int, e: int, n_kept: int) -> None:
         if step == 0:
             cache.store()
         else:
-            cache.attend()
-
-    def after_forward(self, cache: KVCache | None, step: int, s: int) -> None:
-        if step == 0:
-            cache.crop(s)
+            cache.overwrite(s, self._stop(e, n_kept))
 
 
 class DualCache(PrefixCache):
-    """As ``prefix``, but later steps feed only the block and overwrite its slots."""
+    """As ``prefix``, but later steps feed only the block: the suffix's K/V stay cached."""
 
     name = "dual"
 
     def _stop(self, e: int, n_kept: int) -> int:
         return e
-
-    def prepare(self, cache: KVCache | None, step: int, s: int, e: int, n_kept: int) -> None:
-        if step == 0:
-            cache.store()
-        else:
-            cache.overwrite(s, e)
-
-    def after_forward(self, cache: KVCache | None, step: int, s: int) -> None:
-        """The dual cache keeps every stored slot."""
 
 
 MODES: dict[str, CacheMode] = {m.name: m for m in (CacheMode(), PrefixCache(), DualCache())}

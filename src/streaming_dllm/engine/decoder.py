@@ -224,7 +224,6 @@ class _Run:
                             logits_rows=want)
         if self._sampling:
             logits = logits.view(len(rows), e - s, -1)
-        mode.after_forward(rows.cache, step, s)
         self.nfe += 1
         for i in rows.order:
             self.row_nfe[i] += 1
