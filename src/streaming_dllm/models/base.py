@@ -27,13 +27,23 @@ class FamilyTraits:
       ``"linspace"`` commits ``int(n * (1 - t[i+1]/t[i]))`` with t = linspace(1, eps, S+1) (Dream).
     * ``first_token_at_block_start``: the forward that builds a block's cache commits exactly the
       block's first position by argmax instead of applying the unmasking rule (Dream).
+    * ``block_causal``: attention is bidirectional inside a block and causal across blocks, with
+      blocks counted from position 0 (SDAR, Fast-dLLM v2, LLaDA2). The K/V of a finished block is
+      exact, so the decoder caches it once; a block's steps feed only its own positions.
+      ``schedule="block"`` gives each step ``block_length // steps`` commits (remainder first)
+      whatever the block's mask count, as those families' decoders do.
+    * ``sampler``: how temperature > 0 draws tokens: ``gumbel`` (LLaDA/Dream decoders) or
+      ``multinomial`` over the temperature-scaled, top-k/top-p-filtered softmax, whose probability
+      is also the confidence (the block-diffusion decoders).
     """
 
     logit_shift: bool = False
     confidence_dtype: torch.dtype = torch.float64
-    schedule: Literal["even", "linspace"] = "even"
+    schedule: Literal["even", "linspace", "block"] = "even"
     first_token_at_block_start: bool = False
     schedule_eps: float = 1e-3
+    block_causal: bool = False
+    sampler: Literal["gumbel", "multinomial"] = "gumbel"
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,8 @@ class DiffusionLM(nn.Module):
     heads_keys: ClassVar[tuple[str, str, str]] = ("hidden_size", "num_attention_heads", "num_key_value_heads")
     """config.json keys of (model width, query heads, K/V heads)."""
     layers_key: ClassVar[str] = "num_hidden_layers"
+    block_size_keys: ClassVar[tuple[str, ...]] = ()
+    """config.json keys of the block size a block-causal family was trained with, first present wins."""
     layer_prefix: ClassVar[str] = "model.layers."
     rotary: Rotary
 
@@ -126,6 +138,15 @@ class DiffusionLM(nn.Module):
     def max_context(self) -> int | None:
         """The longest sequence (prompt + generation) the checkpoint declares, or None."""
         for key in self.context_keys:
+            v = self.config.get(key)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+        return None
+
+    @property
+    def block_size(self) -> int | None:
+        """The training block size a block-causal checkpoint declares (a default for decoding)."""
+        for key in self.block_size_keys:
             v = self.config.get(key)
             if isinstance(v, int) and not isinstance(v, bool) and v > 0:
                 return v

@@ -25,7 +25,11 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """Rotate-half RoPE over the full head dim; positions are explicit (may be non-contiguous)."""
+    """Rotate-half RoPE; positions are explicit (may be non-contiguous).
+
+    ``head_dim`` is the number of rotated dimensions: the whole head, or its first part for a
+    family with partial RoPE (LLaDA2's ``partial_rotary_factor``); the rest pass unrotated.
+    """
 
     def __init__(self, head_dim: int, theta: float) -> None:
         super().__init__()
@@ -53,7 +57,13 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Apply RoPE in float32 and return in the input's dtype."""
+    """Apply RoPE in float32 and return in the input's dtype.
+
+    Only the first ``cos.shape[-1]`` dimensions rotate (partial RoPE); the others are kept.
+    """
+    rot = cos.shape[-1]
+    if rot < x.shape[-1]:
+        return torch.cat([apply_rotary(x[..., :rot], cos, sin), x[..., rot:]], dim=-1)
     h = x.float()
     return (h * cos + _rotate_half(h) * sin).to(x.dtype)
 
@@ -73,13 +83,17 @@ def attention(
     RoPE is applied to the new queries and keys, the cache merges the new K/V with the cached
     ones, and kv head j serves query heads [j*H/KV, (j+1)*H/KV) (SDPA's ``enable_gqa`` where
     torch has it, repeated K/V heads otherwise: the logits and tokens are identical).
-    ``key_mask`` is a boolean [batch, keys] mask (True = attend) covering cached + new keys.
+    ``key_mask`` is a boolean mask (True = attend) covering cached + new keys: [batch, keys] for
+    the same keys for every query (padding), or [batch, queries, keys] (a block-causal forward).
     """
     q = apply_rotary(q, cos, sin)
     k = apply_rotary(k, cos, sin)
     if cache is not None:
         k, v = cache.update(layer, k, v)
-    mask = None if key_mask is None else key_mask[:, None, None, :]
+    if key_mask is None:
+        mask = None
+    else:
+        mask = key_mask[:, None, None, :] if key_mask.dim() == 2 else key_mask[:, None]
     if q.shape[1] == k.shape[1]:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     if _SDPA_GQA:
