@@ -20,6 +20,7 @@ _EXPORTS = {
     "CheckpointError": ".loading",
     "load_model": ".loading",
     "load_tokenizer": ".loading",
+    "tune": ".tuning",
 }
 
 __all__ = sorted(_EXPORTS)

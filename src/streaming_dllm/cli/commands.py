@@ -8,6 +8,7 @@ import sys
 
 from ..bench.cli import add_bench_parser
 from ..server.cli import add_serve_parser
+from ..tuning.cli import add_tune_parser
 from .generate import add_generate_parser
 from .options import MissingExtra, check_argv
 
@@ -18,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fast inference for diffusion language models (Streaming-dLLM, Fast-dLLM, vanilla).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for register in (add_generate_parser, add_serve_parser, add_bench_parser):
+    for register in (add_generate_parser, add_serve_parser, add_bench_parser, add_tune_parser):
         register(sub)
     return parser
 
