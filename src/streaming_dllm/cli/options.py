@@ -58,6 +58,9 @@ def add_decode_args(parser: argparse.ArgumentParser, default_method: str = "stre
         "listed under 'presets' below)"
     )
     g.add_argument("--method", default=default_method, choices=sorted(PRESETS), help="decoding preset")
+    g.add_argument("--preset-file", default=None, metavar="JSON",
+                   help="a saved DecodeConfig (e.g. tune's preset.json) as the base instead of --method; "
+                   "the knob flags given still override it")
     for name, typ, help_text in _KNOBS:
         g.add_argument(flag(name), dest=name, type=typ or _window, default=argparse.SUPPRESS, help=help_text)
     g.add_argument(
@@ -70,15 +73,27 @@ def add_decode_args(parser: argparse.ArgumentParser, default_method: str = "stre
 
 
 def config_from_args(args: argparse.Namespace, **defaults: Any) -> DecodeConfig:
-    """DecodeConfig of the chosen preset with the flags that were given; errors name the flag."""
-    overrides = dict(defaults)
-    for name in KNOB_NAMES:
-        if hasattr(args, name):
-            overrides[name] = getattr(args, name)
+    """DecodeConfig of the chosen preset (or --preset-file) with the flags that were given; errors name
+    the flag."""
+    given = {name: getattr(args, name) for name in KNOB_NAMES if hasattr(args, name)}
+    preset_file = getattr(args, "preset_file", None)
     try:
-        return DecodeConfig.preset(args.method, **overrides)
+        if preset_file is not None:
+            # The file is the whole base: a command's own defaults do not override what it says.
+            return base_from_file(preset_file).replace(**given)
+        return DecodeConfig.preset(args.method, **{**defaults, **given})
     except ConfigError as exc:
         raise ConfigError(exc.field, f"{flag(exc.field)}: {exc}") from None
+
+
+def base_from_file(path: str) -> DecodeConfig:
+    """The config saved in ``path``; an error names --preset-file, the file and the field."""
+    from ..preset_files import load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise ConfigError("preset_file", f"{exc}") from None
 
 
 def presets_text(**defaults: Any) -> str:
