@@ -226,14 +226,28 @@ def write_logits(model, logits_fn, lengths: list[int], folder: Path, seed: int) 
 
 # ----------------------------------------------------------------------------- decoding cases
 class ForwardCounter:
-    """Counts forwards of the inner base model (``model.model``) with a forward pre-hook."""
+    """Counts forwards of the inner base model (``model.model``) with a forward pre-hook, and keeps
+    each forward's (first position, input ids) to find committed tokens that a later step changed."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.n = 0
-        model.model.register_forward_pre_hook(self._hook)
+        self.fed: list[tuple[int, list[int]]] = []
+        model.model.register_forward_pre_hook(self._hook, with_kwargs=True)
 
-    def _hook(self, *_: Any) -> None:
+    def _hook(self, _module: Any, args: tuple, kwargs: dict[str, Any]) -> None:
         self.n += 1
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        pos = kwargs.get("position_ids")
+        start = int(pos[0, 0]) if pos is not None else -1
+        self.fed.append((start, ids[0].tolist()))
+
+    def overwritten(self) -> bool:
+        """Whether a forward saw a non-mask token of the previous forward (same positions) changed."""
+        for (s0, a), (s1, b) in zip(self.fed, self.fed[1:], strict=False):
+            changed = len(a) == len(b) and any(x != MASK_ID and x != y for x, y in zip(a, b, strict=True))
+            if s0 == s1 >= 0 and changed:
+                return True
+        return False
 
 
 def prompt_of(n: int, seed: int) -> list[int]:
@@ -266,7 +280,7 @@ def resolve_stop(kwargs: dict[str, Any], call, prompt_len: int, seed: int | None
 
 def run_case(counter: ForwardCounter, reference: str, call, kwargs: dict[str, Any], prompts: list[list[int]],
              seed: int | None, note: str | None) -> dict[str, Any]:
-    counter.n = 0
+    counter.n, counter.fed = 0, []
     if seed is not None:
         torch.manual_seed(seed)
     output = call()
@@ -336,9 +350,11 @@ def sdar_cases(off: dict[str, Any], model: torch.nn.Module, stop: int) -> list[d
 
         case = run_case(counter, "sdar.block_diffusion_generate", call, kwargs, [prompt], seed, None)
         notes = []
-        if case["output"][0][:n] != prompt:
+        if case["output"][0][:n] != prompt or counter.overwritten():
             notes.append("official bug: the scheduled k exceeds the block's masks, so top-k also picks "
-                         "non-mask positions (confidence -inf) and overwrites prompt tokens with samples")
+                         "non-mask positions (confidence -inf) and overwrites committed tokens"
+                         + (" (here prompt tokens)" if case["output"][0][:n] != prompt else "")
+                         + " with new samples")
         stops = kwargs["stopping_criteria_idx"] or []
         if any(s in case["output"][0][n:] for s in stops):
             notes.append("a stop id occurs: decoding ends after the block holding it; "
