@@ -25,6 +25,10 @@ CPU stand-ins, installed in ``sys.modules`` before the official SDAR module is i
 * ``<sdar package>.fused_linear_diffusion_cross_entropy``: a placeholder loss class (the real
   module needs triton and is used only for training).
 
+Fast-dLLM v2's denoising forwards do not pass ``block_size`` (the model's forward defaults to 32 for
+its eval mask), so every block size used here divides 32: a block then never straddles a 32-token
+mask boundary and the mask equals the block-causal one for the case's block size.
+
 Each case counts forwards with a forward pre-hook on the inner base model (``model.model``):
 Fast-dLLM v2 calls ``self.forward`` directly, which bypasses hooks on the outer module.
 """
