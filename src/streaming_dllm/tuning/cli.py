@@ -42,7 +42,7 @@ def add_tune_parser(subparsers) -> argparse.ArgumentParser:
         "--out", default="tune_out", help="folder for preset.json, report.md, pareto.png and the cache"
     )
     p.add_argument(
-        "--gen-length", type=int, default=None, help="tokens generated (default: the task's, 256 for arith)"
+        "--gen-length", type=int, default=None, help="tokens generated (default: the task's, 128 for arith)"
     )
     p.add_argument("--block-length", type=int, default=32, help="block length of the baseline (default 32)")
     p.add_argument("--max-configs", type=int, default=48, help="candidates in the first round (default 48)")

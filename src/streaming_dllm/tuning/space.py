@@ -81,6 +81,8 @@ def _anchor(name: str, base: DecodeConfig, block_causal: bool) -> DecodeConfig:
     }
     if block_causal or base.gen_length % PRESETS[name].get("block_length", 32):
         fields["block_length"] = base.block_length
+    if block_causal:
+        fields["window"] = None  # no suffix is fed: pruning is a no-op
     return DecodeConfig.preset(name, **fields)
 
 

@@ -1,0 +1,204 @@
+"""``streaming-dllm tune`` and preset files: the rule, the pieces, bad input, and a tiny real run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import streaming_dllm as sd
+from streaming_dllm.bench.results import Method, MethodResult, Sample
+from streaming_dllm.cli.commands import build_parser
+from streaming_dllm.cli.options import config_from_args
+from streaming_dllm.config import FIELDS, ConfigError, DecodeConfig
+from streaming_dllm.preset_files import FORMAT, load_config, save_config
+from streaming_dllm.tuning import rule, scorers, space
+from streaming_dllm.tuning.tasks import jsonl_task, load_task
+
+CLI = [sys.executable, "-m", "streaming_dllm.cli"]
+
+
+def _run(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+# --- preset files -------------------------------------------------------------------------------
+
+
+def test_preset_file_round_trip_holds_every_field(tmp_path):
+    cfg = DecodeConfig.preset("streaming", window=16, alpha=0.6, gen_length=128, seed=3)
+    path = save_config(cfg, tmp_path / "p.json")
+    data = json.loads(path.read_text())
+    assert data["format"] == FORMAT and data["version"] == 1 and data["preset"] == "streaming"
+    assert set(data["config"]) == set(FIELDS)
+    back = load_config(path)
+    assert back.key() == cfg.key() and back.preset_name == "streaming"
+
+
+@pytest.mark.parametrize(
+    ("content", "field"),
+    [
+        ({"config": {"windw": 8}}, "windw"),
+        ({"config": {"threshold": 2.0}}, "threshold"),
+        ({"config": {"gen_length": 100, "block_length": 32}}, "gen_length"),
+        ({"config": {}, "extra": 1}, "extra"),
+        ({"config": {}, "version": 99}, "version"),
+    ],
+)
+def test_preset_file_errors_name_the_file_and_the_field(tmp_path, content, field):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"format": FORMAT, "version": 1, **content}))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.field == field and str(path) in str(err.value) and field in str(err.value)
+
+
+def test_preset_file_not_json_or_not_ours(tmp_path):
+    for text in ("{not json", json.dumps({"config": {}})):
+        path = tmp_path / "x.json"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match="x.json"):
+            load_config(path)
+
+
+def test_decode_config_save_load_methods(tmp_path):
+    if not hasattr(DecodeConfig, "save") or not hasattr(DecodeConfig, "load"):
+        pytest.skip("DecodeConfig.save / DecodeConfig.load not added yet (they delegate to preset_files)")
+    cfg = DecodeConfig.preset("fast-dllm", threshold=0.8)
+    cfg.save(tmp_path / "c.json")
+    assert DecodeConfig.load(tmp_path / "c.json").key() == cfg.key()
+
+
+def test_preset_file_flag_is_the_base_and_flags_override(tmp_path):
+    path = save_config(DecodeConfig.preset("streaming", window=16, alpha=0.6), tmp_path / "p.json")
+    argv = ["generate", "--prompt", "x", "--preset-file", str(path), "--window", "8"]
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args, gen_length=64)  # a command default does not override the file
+    assert (cfg.window, cfg.alpha, cfg.gen_length) == (8, 0.6, 256)
+    bad = build_parser().parse_args(["generate", "--preset-file", str(tmp_path / "missing.json")])
+    with pytest.raises(ConfigError, match="--preset-file: .*missing.json"):
+        config_from_args(bad)
+
+
+# --- the rule, the space, scorers and tasks -----------------------------------------------------
+
+
+def _result(correct: list[bool], seconds: float = 1.0) -> MethodResult:
+    samples = [Sample(i, 0, seconds, seconds, 10, 10, 1, 10, c) for i, c in enumerate(correct)]
+    return MethodResult(Method("m", DecodeConfig()), len(samples), samples)
+
+
+def test_rule_statuses():
+    base = _result([True] * 300)
+    assert rule.judge(_result([True] * 300), base, 0.01).status == "confirmed"  # 300 agreements prove it
+    assert rule.judge(_result([True] * 20), _result([True] * 20), 0.01).status == "accepted"
+    assert rule.judge(_result([False] + [True] * 19), _result([True] * 20), 0.01).status == "below"
+    assert rule.judge(_result([False] * 20), _result([True] * 20), 0.01).status == "rejected"
+    fast = rule.judge(_result([True] * 20, seconds=0.5), _result([True] * 20), 0.01)
+    assert fast.tok_s == pytest.approx(20.0) and rule.rank_key(fast) > rule.rank_key(None)
+
+
+def test_space_is_valid_and_follows_the_family():
+    base = DecodeConfig.preset("vanilla", gen_length=64)
+    pool = space.candidates(base, max_configs=30)
+    labels = [c.label for c in pool]
+    assert len(pool) == 30 and "streaming" in labels and len(set(c.config.key() for c in pool)) == 30
+    assert all(64 % c.config.block_length == 0 for c in pool)
+    costs = [space.cost(c.config) for c in pool]
+    assert costs == sorted(costs)  # cheap configurations first
+    causal = space.candidates(base, block_causal=True, max_configs=20)
+    assert all(c.config.window is None and c.config.block_length == 32 for c in causal)
+
+
+def test_scorers(tmp_path, monkeypatch):
+    assert scorers.resolve("exact", scorers.exact)(" 42 ", 42)
+    rx = scorers.resolve(r"regex:answer is (\d+)", scorers.exact)
+    assert rx("so the answer is 7.", "7") and not rx("no", "7")
+    with pytest.raises(ValueError, match="--scorer"):
+        scorers.resolve("regex:(", scorers.exact)
+    (tmp_path / "myscore.py").write_text("def boom(a, r):\n    raise KeyError('x')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fn = scorers.resolve("myscore:boom", scorers.exact)
+    with pytest.raises(ValueError, match="--scorer: boom raised KeyError on sample 's1'"):
+        scorers.safe_score(fn, "a", "b", "s1")
+    with pytest.raises(ValueError, match="has no function"):
+        scorers.resolve("myscore:nothing", scorers.exact)
+
+
+def test_jsonl_task_seeded_split_and_errors(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": f"q{i}", "reference": str(i)}) for i in range(10)) + "\n")
+    a, b = jsonl_task(path, seed=1), jsonl_task(path, seed=1)
+    assert [i.id for i in a.dev] == [i.id for i in b.dev] and len(a.dev) + len(a.held_out) == 10
+    assert not {i.id for i in a.dev} & {i.id for i in a.held_out}
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match="empty.jsonl has 0 prompt"):
+        jsonl_task(tmp_path / "empty.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "x"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1"):
+        jsonl_task(tmp_path / "bad.jsonl")
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        load_task("nope")
+
+
+def test_lm_eval_task_loads_offline():
+    pytest.importorskip("lm_eval")
+    task = load_task("lm_eval:streaming-dllm-arith")
+    assert len(task.dev) + len(task.held_out) == 500 and task.gen_length == 128
+    doc = task.dev[0].reference
+    assert task.scorer(f"The answer is {doc['answer']}.", doc)
+
+
+# --- command line: one clear error each ---------------------------------------------------------
+
+
+def _one_error(proc: subprocess.CompletedProcess, text: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and text in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("streaming-dllm: error:")
+
+
+def test_cli_bad_input_is_one_line(tmp_path):
+    out = str(tmp_path / "o")
+    _one_error(_run("tune", "--task", "nope", "--out", out), "--task: unknown task 'nope'")
+    _one_error(_run("tune", "--epsilon", "-1", "--out", out), "--epsilon: must be")
+    (tmp_path / "e.jsonl").write_text("")
+    _one_error(_run("tune", "--task", str(tmp_path / "e.jsonl"), "--out", out), "has 0 prompt(s)")
+
+
+def test_cli_raising_scorer_and_tiny_budget(tmp_path):
+    (tmp_path / "badscore.py").write_text("def score(a, r):\n    raise RuntimeError('broken')\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    common = ["--baseline", "fast-dllm", "--gen-length", "32", "--no-progress", "--threads", "1"]
+    proc = _run("tune", *common, "--scorer", "badscore:score", "--out", str(tmp_path / "a"), env=env)
+    _one_error(proc, "--scorer: score raised RuntimeError")
+    proc = _run("tune", "--budget-min", "0.01", "--no-progress", "--out", str(tmp_path / "b"))
+    _one_error(proc, "--budget-min: 0.01 min is too small to measure the baseline")
+
+
+# --- a real (tiny) run --------------------------------------------------------------------------
+
+
+def test_tune_tiny_budget_writes_preset_report_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    model = sd.load_model("builtin")
+    kw = dict(baseline="fast-dllm", gen_length=32, block_length=16, budget_min=0.25, max_configs=6,
+              progress=False)
+    res = sd.tune(model, "arith", out=tmp_path, **kw)
+    cfg, table = res
+    assert isinstance(cfg, DecodeConfig) and table[0]["status"] == "baseline" and len(table) >= 2
+    assert load_config(tmp_path / "preset.json").key() == cfg.key()
+    report = (tmp_path / "report.md").read_text()
+    assert "held out" in report and "Overfit" in report and "pareto.png" in report
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert res.held_out.n >= 1 and res.held_out.chosen is not None
+    lines = len((tmp_path / "measurements.jsonl").read_text().splitlines())
+    again = sd.tune(model, "arith", out=tmp_path, **kw)  # resumes: what was measured is not decoded again
+    assert again.plan.baseline_s == res.plan.baseline_s  # the calibration decode came from the cache
+    assert again.held_out.n == res.held_out.n
+    assert len((tmp_path / "measurements.jsonl").read_text().splitlines()) >= lines
+    argv = ["generate", "--prompt", "x", "--preset-file", str(tmp_path / "preset.json")]
+    args = build_parser().parse_args(argv)
+    assert config_from_args(args).key() == cfg.key()
