@@ -5,7 +5,8 @@ with the same generation settings into one ``generate`` call, cuts each answer a
 generation (EOS / end-of-turn), at ``max_gen_toks`` tokens and at the ``until`` strings;
 ``loglikelihood`` is LLaDA's Monte-Carlo masked estimate (see ``loglikelihood.py``). Decoding
 settings are a method preset (``method=``), optionally the paper's per-task settings
-(``preset=llada-1.5/gsm8k/512``), and any ``DecodeConfig`` field given as a model arg.
+(``preset=llada-1.5/gsm8k/512``), or a saved config (``preset_file=preset.json``, as ``tune``
+writes), and any ``DecodeConfig`` field given as a model arg.
 
 Data parallel runs (``accelerate launch`` / ``torchrun``) are detected from ``WORLD_SIZE``: each
 process loads the model on its own device, the harness hands each rank its share of requests,
@@ -25,7 +26,7 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from ..config import FIELDS, PRESETS, DecodeConfig
+from ..config import FIELDS, PRESETS, ConfigError, DecodeConfig
 from ..engine import generate
 from ..loading import load_model, load_tokenizer
 from ..text import answer_ids, stop_ids
@@ -49,9 +50,10 @@ def _as_bool(name: str, value: Any) -> bool:
 
 
 def build_decode_config(
-    method: str | None = None, preset: str | None = None, **overrides: Any
+    method: str | None = None, preset: str | None = None, preset_file: str | None = None, **overrides: Any
 ) -> DecodeConfig:
-    """``method`` preset (default ``streaming``) + paper ``preset`` + explicit field overrides."""
+    """``method`` preset (default ``streaming``) + paper ``preset`` + explicit field overrides; or a
+    saved config (``preset_file=``, e.g. ``tune``'s preset.json) + explicit field overrides."""
     unknown = set(overrides) - _DECODE_FIELDS
     if unknown:
         raise ValueError(
@@ -59,6 +61,8 @@ def build_decode_config(
             "other args: pretrained, method, preset, device, dtype, batch_size, mc_num, mc_batch_size, "
             "check_greedy, seed, show_speed, add_bos_token, revision, trust_remote_code"
         )
+    if preset_file is not None:
+        return _from_file(preset_file, method, preset, overrides)
     name = method or "streaming"
     if name not in PRESETS:
         raise ValueError(f"method={name!r}: unknown method; choose one of {sorted(PRESETS)}")
@@ -67,6 +71,20 @@ def build_decode_config(
         overrides["early_exit"] = _as_bool("early_exit", overrides["early_exit"])
     fields.update(overrides)
     return DecodeConfig.preset(name, **fields)
+
+
+def _from_file(path: str, method: str | None, preset: str | None, overrides: dict[str, Any]) -> DecodeConfig:
+    """The file's config with the explicit overrides; it replaces ``method`` and ``preset``."""
+    from ..preset_files import load_config
+
+    if method is not None or preset is not None:
+        raise ValueError("preset_file= replaces method= and preset=: give one of them")
+    if "early_exit" in overrides:
+        overrides["early_exit"] = _as_bool("early_exit", overrides["early_exit"])
+    try:
+        return load_config(path).replace(**overrides)
+    except ConfigError as exc:
+        raise ValueError(f"preset_file={path}: {exc}") from None
 
 
 def _resolve_distributed(device: str | None) -> tuple[int, int, str | None]:
@@ -96,6 +114,7 @@ class StreamingDLLMEval(LM):
         pretrained: str = "builtin",
         method: str | None = None,
         preset: str | None = None,
+        preset_file: str | None = None,
         device: str | None = None,
         dtype: str = "auto",
         batch_size: int | str = 1,
@@ -111,10 +130,10 @@ class StreamingDLLMEval(LM):
         **decode_overrides: Any,
     ) -> None:
         super().__init__()
-        self.decode_config = build_decode_config(method, preset, **decode_overrides)
+        self.decode_config = build_decode_config(method, preset, preset_file, **decode_overrides)
         # gen_length given explicitly (or by a paper preset) is the canvas of every request;
         # otherwise each request's max_gen_toks, rounded up to whole blocks, sets it.
-        self.fixed_gen_length = "gen_length" in decode_overrides or bool(preset)
+        self.fixed_gen_length = "gen_length" in decode_overrides or bool(preset) or bool(preset_file)
         self._rank, self._world_size, device = _resolve_distributed(device)
         if device and str(device).startswith("cuda") and not torch.cuda.is_available():
             log.warning("device=%s requested but CUDA is not available; using cpu", device)
