@@ -202,3 +202,26 @@ def test_tune_tiny_budget_writes_preset_report_and_plot(tmp_path):
     argv = ["generate", "--prompt", "x", "--preset-file", str(tmp_path / "preset.json")]
     args = build_parser().parse_args(argv)
     assert config_from_args(args).key() == cfg.key()
+
+
+# --- every front end reads a preset file --------------------------------------------------------
+
+
+def test_front_ends_read_a_preset_file(tmp_path):
+    cfg = DecodeConfig.preset("streaming", window=16, gen_length=64).replace(preset_name="tuned")
+    path = str(save_config(cfg, tmp_path / "p.json"))
+    from streaming_dllm.server.cli import settings_from_args
+
+    serve = build_parser().parse_args(["serve", "--preset-file", path])
+    settings = settings_from_args(serve)
+    assert settings.decode_config(max_tokens=100).window == 16
+    assert settings.decode_config("vanilla").window is None
+    plan = _run("bench", "--preset-file", path, "--plan")
+    assert plan.returncode == 0 and "file: tuned" in plan.stdout, plan.stderr
+    _one_error(_run("bench", "--preset-file", str(tmp_path / "no.json"), "--plan"), "--preset-file: ")
+    pytest.importorskip("lm_eval")
+    from streaming_dllm.lm_eval_adapter.model import build_decode_config
+
+    assert build_decode_config(preset_file=path, alpha=0.5).key() == cfg.replace(alpha=0.5).key()
+    with pytest.raises(ValueError, match="preset_file="):
+        build_decode_config(preset_file=path, method="vanilla")

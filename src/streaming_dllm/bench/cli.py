@@ -35,6 +35,9 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
                    help="instead of suites: these presets side by side at each --gen-lengths")
     p.add_argument("--gen-lengths", nargs="+", type=int, default=None,
                    help="lengths for --methods (default: the main table's)")
+    p.add_argument("--preset-file", default=None, metavar="JSON",
+                   help="instead of suites: a saved DecodeConfig (e.g. tune's preset.json) side by side with "
+                   "--methods (default vanilla, streaming), at its own gen_length unless --gen-lengths")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes, a CI smoke test: under a minute on an idle CPU (25 s measured on 2 "
                    "idle cores, 45 s on 2 busy ones), a few minutes on a heavily loaded machine")
@@ -67,7 +70,22 @@ def _options(parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
     return [(a.option_strings[-1], a.dest) for a in parser._actions if a.option_strings and a.dest != "help"]
 
 
+def _with_preset_file(args: argparse.Namespace, sizes: suites.Sizes):
+    """A custom table per length: the presets plus the file's config at that length."""
+    from ..cli.options import base_from_file
+    from .results import Method
+
+    cfg = base_from_file(args.preset_file)
+    lengths = args.gen_lengths or [cfg.gen_length]
+    groups = suites.custom(args.methods or ["vanilla", "streaming"], lengths, sizes)
+    for g in groups:
+        g.methods.append(Method(f"file: {cfg.preset_name or 'custom'}", cfg.replace(gen_length=g.gen_length)))
+    return groups
+
+
 def _groups(args: argparse.Namespace, sizes: suites.Sizes):
+    if args.preset_file:
+        return _with_preset_file(args, sizes)
     if args.methods:
         return suites.custom(args.methods, args.gen_lengths or list(sizes.main_lengths), sizes)
     names = list(suites.SUITES) if "all" in args.suite else list(dict.fromkeys(args.suite))
@@ -160,7 +178,8 @@ def run_bench(args: argparse.Namespace) -> int:
     try:
         groups = _groups(args, sizes)
     except ConfigError as exc:
-        name = {"block_length": "--block-length", "gen_length": "--gen-lengths"}.get(exc.field, exc.field)
+        name = {"block_length": "--block-length", "gen_length": "--gen-lengths",
+                "preset_file": "--preset-file"}.get(exc.field, exc.field)
         raise ValueError(f"{name}: {exc}") from None
     if args.plan:
         print(plan_text(groups, sizes))
@@ -213,8 +232,8 @@ def run_bench(args: argparse.Namespace) -> int:
     model_info = {"name": args.model, "family": model.family, "config": model.config,
                   "parameters": sum(p.numel() for p in model.parameters()),
                   "dtype": str(model.dtype).replace("torch.", ""), "device": str(model.device)}
-    # --methods replaces the suites, so the recorded command leaves --suite out.
-    options = [o for o in args.bench_options if not (args.methods and o[1] == "suite")]
+    # --methods / --preset-file replace the suites, so the recorded command leaves --suite out.
+    options = [o for o in args.bench_options if not ((args.methods or args.preset_file) and o[1] == "suite")]
     record = report.build_record(
         command=report.command_line(args, options), settings=settings, model_info=model_info,
         device=model.device,

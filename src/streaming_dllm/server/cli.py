@@ -13,6 +13,7 @@ import os
 
 from ..cli.options import MissingExtra, add_model_args, flag, load_from_args, require_extra
 from ..config import PRESETS, ConfigError
+from ..preset_files import load_config
 from .settings import BOUNDS, Limits, ServerSettings, SettingsError
 
 log = logging.getLogger("streaming_dllm.server")
@@ -55,6 +56,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, help="confidence threshold of the default method")
     p.add_argument("--alpha", type=float, help="dynamic-threshold alpha of the default method")
     p.add_argument("--window", type=int, help="suffix window of the default method")
+    p.add_argument("--preset-file", default=None, metavar="JSON",
+                   help="a saved DecodeConfig (e.g. tune's preset.json) as the default method's settings; "
+                   "--block-length / --threshold / --alpha / --window and request knobs still override it")
     p.add_argument("--methods", default=",".join(PRESETS),
                    help="comma-separated methods a request may pick (default: all)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
@@ -95,14 +99,23 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
                     methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()))
     shared = {"block_length": args.block_length} if args.block_length is not None else {}
     own = {k: getattr(args, k) for k in ("threshold", "alpha", "window") if getattr(args, k) is not None}
+    base = base_from_file(args.preset_file) if getattr(args, "preset_file", None) else None
     settings = ServerSettings(model_name=args.served_model_name or args.model, method=args.method,
                               shared_overrides=shared, method_overrides=own, api_key=args.api_key or None,
-                              limits=limits)
+                              limits=limits, base=base)
     try:
         settings.validate()
     except (SettingsError, ConfigError) as exc:
         raise ValueError(f"{flag(exc.field)}: {exc}") from None
     return settings
+
+
+def base_from_file(path: str):
+    """The ``--preset-file`` config; an unreadable file or a bad field is one line naming both."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise ValueError(f"--preset-file: {exc}") from None
 
 
 def _is_loopback(host: str) -> bool:

@@ -103,6 +103,7 @@ class ServerSettings:
 
     ``method_overrides`` are knobs set for the default method only (e.g. ``--window``);
     ``shared_overrides`` apply to every method a request may pick (e.g. ``--block-length``).
+    ``base`` (``--preset-file``) replaces the default method's preset, e.g. a config ``tune`` chose.
     """
 
     model_name: str = "builtin"
@@ -111,6 +112,7 @@ class ServerSettings:
     method_overrides: dict = field(default_factory=dict)
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
+    base: DecodeConfig | None = None
 
     def decode_config(self, method: str | None = None, knobs: dict | None = None,
                       max_tokens: int = 1) -> DecodeConfig:
@@ -121,10 +123,13 @@ class ServerSettings:
         method = method or self.method
         merged = {**self.shared_overrides, **(self.method_overrides if method == self.method else {}),
                   **(knobs or {})}
+        own_base = self.base is not None and method == self.method
         preset_block = PRESETS.get(method, {}).get("block_length", DecodeConfig.block_length)
-        block = merged.get("block_length", preset_block)
+        block = merged.get("block_length", self.base.block_length if own_base else preset_block)
         if isinstance(block, int) and not isinstance(block, bool) and block > 0:
             merged["gen_length"] = gen_length_for(max_tokens, block)
+        if own_base:
+            return self.base.replace(**merged)
         return DecodeConfig.preset(method, **merged)
 
     def base_config(self, method: str | None = None) -> DecodeConfig:
