@@ -24,6 +24,8 @@ from .models.registry import family_for
 
 BUILTIN_NAME = "builtin"
 BUILTIN_DIR = Path(__file__).parent / "builtin"
+BUILTINS = {BUILTIN_NAME: BUILTIN_DIR, "builtin-bd": Path(__file__).parent / "builtin_bd"}
+"""Shipped checkpoints by name: the LLaDA-layout demo and the block-diffusion (SDAR) one."""
 
 DTYPES = {
     "float32": torch.float32,
@@ -66,12 +68,13 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
-    """A local folder holding config.json: ``builtin``, an existing folder, or a hub download."""
+    """A local folder holding config.json: a ``BUILTINS`` name, an existing folder, or a hub download."""
     name = str(name_or_path)
-    if name == BUILTIN_NAME:
-        if not (BUILTIN_DIR / "config.json").is_file():
-            raise CheckpointError(f"the built-in checkpoint is missing from {BUILTIN_DIR} (broken install?)")
-        return BUILTIN_DIR
+    if name in BUILTINS:
+        folder = BUILTINS[name]
+        if not (folder / "config.json").is_file():
+            raise CheckpointError(f"the built-in checkpoint is missing from {folder} (broken install?)")
+        return folder
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():

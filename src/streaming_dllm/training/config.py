@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..tasks import tokenizer as tok_lib
 
@@ -38,10 +38,20 @@ class TrainConfig:
     eval_every: int = 2000
     eval_n: int = 32
     time_limit_min: float = 60.0
+    arch: str = "llada"
+    """``llada`` (bidirectional) or ``sdar`` (block diffusion, ``training.block_diffusion``)."""
+    block_size: int = 4
+    """sdar only: the block size of the block-causal attention and of the loss's masking ratios."""
+    init_from: str = ""
+    """sdar only: a LLaDA checkpoint (e.g. ``builtin``) whose weights start the model."""
 
 
 def model_config(cfg: TrainConfig, tokenizer) -> dict:
-    """A LLaDA-layout config.json whose special ids come from the tokenizer."""
+    """The checkpoint's config.json (LLaDA layout, or SDAR with ``arch="sdar"``); ids from the tokenizer."""
+    if cfg.arch == "sdar":
+        from .block_diffusion import sdar_model_config
+
+        return sdar_model_config(model_config(replace(cfg, arch="llada"), tokenizer), cfg.block_size)
     ids = tok_lib.special_ids(tokenizer)
     vocab = len(tokenizer)
     return {

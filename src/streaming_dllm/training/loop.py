@@ -13,6 +13,7 @@ import torch
 
 from ..models.llada import LLaDAModel
 from ..tasks import arith
+from .block_diffusion import bd_loss, block_probe, build_sdar, copy_tokenizer
 from .config import TrainConfig, model_config
 from .data import encode_data, get_tokenizer, make_batch
 from .embeddings import add_digit_embeddings, init_weights, start_head_as_embedding, tie_embeddings
@@ -42,16 +43,12 @@ def lr_at(step: int, elapsed: float, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def train(cfg: TrainConfig, export: str | None = None, log=print) -> dict:
-    """Run (or resume) training; returns a summary with the final quick-eval accuracy."""
-    from tqdm import tqdm
-
-    torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    tokenizer = get_tokenizer(out, cfg.drill_equations)
-    config = model_config(cfg, tokenizer)
+def build_model(cfg: TrainConfig, config: dict, tokenizer, log=print) -> torch.nn.Module:
+    """The run's model before training: LLaDA (``arch="llada"``) or block-diffusion SDAR."""
+    if cfg.arch == "sdar":
+        return build_sdar(cfg, config, tokenizer, log)
+    if cfg.arch != "llada":
+        raise ValueError(f"arch={cfg.arch!r}: expected 'llada' or 'sdar'")
     model = LLaDAModel(config)
     init_weights(model, cfg.n_layers)
     if cfg.tie_embeddings:
@@ -60,6 +57,33 @@ def train(cfg: TrainConfig, export: str | None = None, log=print) -> dict:
         start_head_as_embedding(model)
     if cfg.digit_embeddings:
         add_digit_embeddings(model, tokenizer)
+    return model
+
+
+def periodic_check(model, tokenizer, dev: list[arith.Problem], cfg: TrainConfig) -> tuple[float, str]:
+    """(accuracy, log text): decoded dev problems and facts on sheets (LLaDA), or the teacher-forced
+    block probe (SDAR: every block masked, earlier blocks clean; its ``solved`` is the accuracy)."""
+    if cfg.arch == "sdar":
+        probe = block_probe(model, tokenizer, dev, cfg.block_size)
+        return probe["solved"], f"dev@{cfg.eval_n} tokens {probe['tokens']:.3f} solved {probe['solved']:.3f}"
+    acc = quick_eval(model, tokenizer, dev)
+    facts = fact_accuracy(model, tokenizer)["all"]
+    return acc, f"dev@{cfg.eval_n} {acc:.3f} facts {facts:.3f}"
+
+
+def train(cfg: TrainConfig, export: str | None = None, log=print) -> dict:
+    """Run (or resume) training; returns a summary with the final quick-eval accuracy."""
+    from tqdm import tqdm
+
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    if cfg.init_from:
+        copy_tokenizer(cfg.init_from, out)
+    tokenizer = get_tokenizer(out, cfg.drill_equations)
+    config = model_config(cfg, tokenizer)
+    model = build_model(cfg, config, tokenizer, log)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     step, elapsed = 0, 0.0
@@ -102,7 +126,10 @@ def train(cfg: TrainConfig, export: str | None = None, log=print) -> dict:
                                  [responses[i] for i in idx] + [drill_r[j] for j in jdx], pad_len, eos)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, time.time() - t0, cfg)
-        loss = diffusion_loss(model, ids, region, mask_id, cfg.eps, gen, cfg.suffix_frac)
+        if cfg.arch == "sdar":
+            loss = bd_loss(model, ids, region, mask_id, cfg.eps, gen, cfg.block_size)
+        else:
+            loss = diffusion_loss(model, ids, region, mask_id, cfg.eps, gen, cfg.suffix_frac)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -116,10 +143,8 @@ def train(cfg: TrainConfig, export: str | None = None, log=print) -> dict:
         if step % cfg.save_every == 0 or step == cfg.steps:
             save_state()
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-            acc = quick_eval(model, tokenizer, dev)
-            facts = fact_accuracy(model, tokenizer)["all"]
-            log(f"step {step} loss {loss.item():.4f} dev@{cfg.eval_n} {acc:.3f} facts {facts:.3f} "
-                f"elapsed {elapsed / 60:.1f} min")
+            acc, line = periodic_check(model, tokenizer, dev, cfg)
+            log(f"step {step} loss {loss.item():.4f} {line} elapsed {elapsed / 60:.1f} min")
         if cfg.time_limit_min and elapsed > cfg.time_limit_min * 60:
             log(f"time limit reached at step {step}; stopping early")
             save_state()

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("out", "d_model", "n_layers", "n_heads", "mlp_hidden_size", "steps", "batch_size",
                  "batch_tokens", "lr", "drill_frac", "suffix_frac", "drill_equations",
                  "warmup", "train_problems", "seed", "threads", "save_every", "eval_every", "eval_n",
-                 "time_limit_min"):
+                 "time_limit_min", "block_size", "init_from"):
         default = getattr(defaults, name)
         parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
     parser.add_argument("--pad-lengths", type=int, nargs="+", default=list(defaults.pad_lengths))
@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--digit-embeddings", action=argparse.BooleanOptionalAction,
                         default=defaults.digit_embeddings,
                         help="number tokens' embedding rows share a tens and a units vector during training")
+    parser.add_argument("--arch", choices=("llada", "sdar"), default=defaults.arch,
+                        help="llada: bidirectional (the builtin); sdar: block diffusion (builtin-bd), "
+                             "see training/block_diffusion.py")
     parser.add_argument("--export", default=None,
                         help="copy the final checkpoint here (e.g. src/streaming_dllm/builtin)")
     args = vars(parser.parse_args(argv))
