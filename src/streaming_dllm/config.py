@@ -14,13 +14,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-UnmaskRule = Literal["steps", "threshold", "dynamic", "factor"]
+UnmaskRule = Literal["steps", "threshold", "dynamic", "factor", "threshold_topk", "sequential"]
 CacheMode = Literal["none", "prefix", "dual"]
+ExitAt = Literal["block", "eos"]
+Span = Literal["cover", "blocks"]
 Remasking = Literal["low_confidence", "random", "entropy", "margin", "maskgit_plus"]
 
 UNMASK_RULES: tuple[str, ...] = get_args(UnmaskRule)
 CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
 REMASKING: tuple[str, ...] = get_args(Remasking)
+EXIT_AT: tuple[str, ...] = get_args(ExitAt)
+SPANS: tuple[str, ...] = get_args(Span)
 
 MAX_GEN_LENGTH = 1 << 16
 """Largest ``gen_length`` (and ``window`` / ``tail_keep``) any config may ask for; a model's own
@@ -71,6 +75,20 @@ class DecodeConfig:
         temperature: 0 = argmax; > 0 = Gumbel-max sampling on float64 logits.
         mask_id / eos_id: None = from the checkpoint's config.
         seed: seed of the sampling / random-remasking generator (None = torch's global RNG).
+        top_k / top_p: filters of the sampling distribution (0 / 1.0 = off); with a
+            ``multinomial``-sampler family the confidence is the filtered probability.
+        sub_block_length: block-causal families: a block is decoded in sub-blocks of this many
+            positions, left to right (Fast-dLLM v2's small blocks); None = the whole block.
+            With ``cache="dual"`` a sub-block's later steps feed only the sub-block.
+        edit_threshold: LLaDA2.1's editing: an already decoded position of the current block is
+            re-written when the argmax changed and its probability is above this (None = off).
+        max_post_steps: with editing, forwards a block may take after its last mask is gone.
+        early_exit_at: ``block``: stop after the block that holds EOS (Streaming-dLLM);
+            ``eos``: stop at once when an EOS is committed with no mask before it.
+        span: block-causal families: ``cover`` decodes the blocks covering ``gen_length``
+            positions after the prompt (SDAR, LLaDA2); ``blocks`` decodes
+            ``gen_length / block_length`` blocks from the one holding the prompt's end
+            (Fast-dLLM v2).
     """
 
     gen_length: int = 256
@@ -89,6 +107,13 @@ class DecodeConfig:
     mask_id: int | None = None
     eos_id: int | None = None
     seed: int | None = None
+    top_k: int = 0
+    top_p: float = 1.0
+    sub_block_length: int | None = None
+    edit_threshold: float | None = None
+    max_post_steps: int = 16
+    early_exit_at: ExitAt = "block"
+    span: Span = "cover"
     preset_name: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -110,7 +135,9 @@ class DecodeConfig:
     def max_block_steps(self) -> int:
         """Forwards a block may take before its last masks are committed at once: every rule
         commits at least one token per step, except a fixed schedule's empty steps."""
-        return self.block_length + (self.steps_per_block if self.unmask == "steps" else 0)
+        extra = self.steps_per_block if self.unmask in ("steps", "sequential") else 0
+        post = self.max_post_steps if self.edit_threshold is not None else 0
+        return self.block_length + extra + post
 
     def _need(self, ok: bool, name: str, rule: str) -> None:
         if not ok:
@@ -144,10 +171,27 @@ class DecodeConfig:
         need(isinstance(self.early_exit, bool), "early_exit", "must be a bool")
         need(_is_num(self.temperature) and 0.0 <= self.temperature <= 100.0, "temperature",
              "must be in [0, 100]")
+        self._validate_block_knobs()
         for name in ("mask_id", "eos_id", "seed"):
             v = getattr(self, name)
             need(v is None or (_is_int(v) and 0 <= v <= MAX_SEED), name,
                  "must be None or a non-negative integer (at most 2**63-1)")
+
+    def _validate_block_knobs(self) -> None:
+        need = self._need
+        need(_is_int(self.top_k) and 0 <= self.top_k <= MAX_GEN_LENGTH * 64, "top_k",
+             "must be an integer >= 0 (0 = off)")
+        need(_is_num(self.top_p) and 0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1] (1 = off)")
+        sub = self.sub_block_length
+        need(sub is None or (_is_int(sub) and sub > 0 and self.block_length % sub == 0), "sub_block_length",
+             f"must be None or a positive divisor of block_length={self.block_length}")
+        edit = self.edit_threshold
+        need(edit is None or (_is_num(edit) and 0.0 < edit <= 1.0),
+             "edit_threshold", "must be None or in (0, 1]")
+        need(_is_int(self.max_post_steps) and 0 <= self.max_post_steps <= MAX_GEN_LENGTH, "max_post_steps",
+             f"must be an integer in [0, {MAX_GEN_LENGTH}]")
+        need(self.early_exit_at in EXIT_AT, "early_exit_at", f"must be one of {EXIT_AT}")
+        need(self.span in SPANS, "span", f"must be one of {SPANS}")
 
     def replace(self, **changes: Any) -> DecodeConfig:
         """A copy with some fields changed (validated again)."""
@@ -168,6 +212,17 @@ class DecodeConfig:
     def for_budget(self, max_tokens: int) -> DecodeConfig:
         """This config with ``gen_length`` = ``max_tokens`` rounded up to whole blocks."""
         return self.replace(gen_length=gen_length_for(max_tokens, self.block_length))
+
+    @classmethod
+    def from_reference(cls, name: str, **kwargs: Any) -> DecodeConfig:
+        """The config that reproduces one official decoder call, from that call's own keyword
+        arguments as the research scripts pass them, e.g.
+        ``from_reference("sdar.block_diffusion_generate", gen_length=256, block_length=4, ...)``.
+        ``streaming_dllm.references.REFERENCES`` lists the names; an argument that cannot be
+        honoured is a ``ConfigError`` naming it."""
+        from .references import reference_fields
+
+        return cls(**reference_fields(name, kwargs), preset_name=name)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> DecodeConfig:
@@ -204,5 +259,25 @@ PRESETS: dict[str, dict[str, Any]] = {
     "streaming-dual": dict(
         cache="dual", window=32, tail_keep=1, unmask="dynamic", threshold=0.9, alpha=0.3, early_exit=True
     ),
+    # Block-diffusion families: each family's official defaults.
+    "sdar": dict(
+        block_length=4, cache="prefix", unmask="threshold_topk", threshold=0.9, temperature=1.0, top_k=1,
+        early_exit=True,
+    ),
+    "fast-dllm-v2": dict(
+        block_length=32, sub_block_length=8, cache="prefix", unmask="threshold_topk", threshold=0.9,
+        span="blocks", early_exit=True, early_exit_at="eos",
+    ),
+    "llada2": dict(block_length=32, cache="prefix", unmask="threshold_topk", threshold=0.95, early_exit=True),
+    "llada2.1": dict(
+        block_length=32, cache="prefix", unmask="threshold_topk", threshold=0.95, edit_threshold=0.9,
+        max_post_steps=16,
+    ),
 }
-"""Named methods (the CLI's ``--method``). Fields not given keep the dataclass defaults."""
+"""Named methods (the CLI's ``--method``). Fields not given keep the dataclass defaults.
+
+``sdar`` is SDAR's greedy setting (top_k=1 at temperature 1, blocks of 4, 4 steps each);
+``fast-dllm-v2`` blocks of 32 in sub-blocks of 8 at threshold 0.9; ``llada2`` / ``llada2.1``
+blocks of 32 at threshold 0.95 (2.1 with token editing). On a block-diffusion family,
+``streaming`` is the dynamic threshold plus early exit: no suffix is fed there, so its window
+prunes nothing."""

@@ -8,9 +8,11 @@ The decoder tells the cache what the next forward does with it:
 
 * ``store()``: the forward's K/V become the cache's buffers (a block-start forward). The buffers
   are allocated once, by that forward, and every later forward of the block writes into them;
-* ``overwrite(start, stop)``: the forward's K/V overwrite slots ``[start, stop)`` and it attends to
-  every slot (the decoder's prefix cache feeds ``[block start, end of kept suffix)``, its dual
-  cache only the block);
+  ``store(capacity)`` allocates ``capacity`` slots and writes the forward's K/V into the first ones
+  (a block-causal decode keeps one cache for the whole sequence and appends block after block);
+* ``overwrite(start, stop, visible)``: the forward's K/V overwrite slots ``[start, stop)`` and it
+  attends to the first ``visible`` slots (default: every slot) (the decoder's prefix cache feeds
+  ``[block start, end of kept suffix)``, its dual cache only the block);
 * ``crop(n)`` then ``attend()``: the cache's first ``n`` positions are the prefix; the forward
   writes its K/V into the slots after it and attends to prefix + its own K/V.
 
@@ -30,7 +32,8 @@ class KVCache:
         self.values: list[torch.Tensor | None] = [None] * num_layers
         self._length = 0
         self._mode = "store"
-        self._slots: tuple[int, int] | None = None
+        self._slots: tuple[int, int, int | None] | None = None
+        self._reserve: int | None = None
 
     def __len__(self) -> int:
         """Number of cached positions the next ``attend()`` forward sees before its own."""
@@ -41,18 +44,19 @@ class KVCache:
         k = self.keys[0]
         return 0 if k is None else k.shape[2]
 
-    def store(self) -> None:
-        self._mode, self._slots = "store", None
+    def store(self, capacity: int | None = None) -> None:
+        self._mode, self._slots, self._reserve = "store", None, capacity
 
     def attend(self) -> None:
         if self.keys[0] is None:
             raise RuntimeError("attend() on an empty KVCache: run a store() forward first")
         self._mode, self._slots = "attend", None
 
-    def overwrite(self, start: int, stop: int) -> None:
-        if not 0 <= start < stop <= self.capacity:
-            raise RuntimeError(f"overwrite({start}, {stop}) outside the cache's {self.capacity} slots")
-        self._mode, self._slots = "overwrite", (start, stop)
+    def overwrite(self, start: int, stop: int, visible: int | None = None) -> None:
+        if not 0 <= start < stop <= (visible or self.capacity) <= self.capacity:
+            raise RuntimeError(f"overwrite({start}, {stop}, {visible}) outside the cache's "
+                               f"{self.capacity} slots")
+        self._mode, self._slots = "overwrite", (start, stop, visible)
 
     def crop(self, length: int) -> None:
         """Keep the first ``length`` positions as the prefix (the buffers stay allocated)."""
@@ -64,14 +68,27 @@ class KVCache:
         out.keys = [None if k is None else k.index_select(0, rows) for k in self.keys]
         out.values = [None if v is None else v.index_select(0, rows) for v in self.values]
         out._length, out._mode, out._slots = self._length, self._mode, self._slots
+        out._reserve = self._reserve
         return out
+
+    def put_rows(self, rows: torch.Tensor, part: KVCache, start: int, stop: int) -> None:
+        """Write slots [start, stop) of ``part`` (a ``select_rows(rows)`` copy) back into this cache."""
+        for layer, (k, v) in enumerate(zip(part.keys, part.values, strict=True)):
+            self.keys[layer][rows, :, start:stop] = k[:, :, start:stop]
+            self.values[layer][rows, :, start:stop] = v[:, :, start:stop]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Record this layer's new K/V as the current mode says; return the K/V to attend to."""
         if self._mode == "store":
-            self.keys[layer], self.values[layer] = k, v
             if layer == 0:
                 self._length = k.shape[2]
+            if self._reserve is None:
+                self.keys[layer], self.values[layer] = k, v
+                return k, v
+            shape = (k.shape[0], k.shape[1], max(self._reserve, k.shape[2]), k.shape[3])
+            self.keys[layer], self.values[layer] = k.new_zeros(shape), v.new_zeros(shape)
+            self.keys[layer][:, :, : k.shape[2]] = k
+            self.values[layer][:, :, : v.shape[2]] = v
             return k, v
         if self._mode == "attend":
             start, stop = self._length, self._length + k.shape[2]
@@ -79,12 +96,12 @@ class KVCache:
                 raise RuntimeError(f"attend(): {k.shape[2]} new tokens after {start} do not fit the "
                                    f"cache's {self.capacity} slots")
         else:
-            start, stop = self._slots
+            start, stop, visible = self._slots
             if stop - start != k.shape[2]:
                 raise RuntimeError(f"overwrite slots [{start}, {stop}) but the forward fed {k.shape[2]} "
                                    "tokens")
         ck, cv = self.keys[layer], self.values[layer]
         ck[:, :, start:stop] = k
         cv[:, :, start:stop] = v
-        end = stop if self._mode == "attend" else self.capacity
+        end = stop if self._mode == "attend" else (visible or self.capacity)
         return ck[:, :, :end], cv[:, :, :end]

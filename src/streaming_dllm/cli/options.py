@@ -20,7 +20,7 @@ _KNOBS: list[tuple[str, Any, str]] = [
     ("gen_length", int, "tokens to generate after the prompt (multiple of --block-length)"),
     ("block_length", int, "positions decoded together, block by block"),
     ("steps", int, "total steps of the fixed schedule (--unmask steps); default: one token per step"),
-    ("unmask", str, "commit rule: steps | threshold | dynamic | factor"),
+    ("unmask", str, "commit rule: steps | threshold | dynamic | factor | threshold_topk | sequential"),
     ("threshold", float, "tau0 of the threshold / dynamic rules (0 < tau0 <= 1)"),
     ("alpha", float, "dynamic threshold strength: tau0 * (1 - alpha * (1 - mask_ratio)); 0 = fixed"),
     ("factor", float, "f of the factor rule"),
@@ -32,6 +32,13 @@ _KNOBS: list[tuple[str, Any, str]] = [
     ("mask_id", int, "[MASK] id (default: from the checkpoint)"),
     ("eos_id", int, "EOS id for early exit (default: from the checkpoint)"),
     ("seed", int, "seed for sampling / random remasking"),
+    ("top_k", int, "sampling filter: keep the k most probable tokens (0 = off; block-diffusion families)"),
+    ("top_p", float, "sampling filter: keep the top-p nucleus (1 = off; block-diffusion families)"),
+    ("sub_block_length", int, "block-diffusion: decode each block in sub-blocks of this length"),
+    ("edit_threshold", float, "LLaDA2.1 editing: re-write a decoded token above this probability"),
+    ("max_post_steps", int, "with editing: forwards a block may take after its last mask"),
+    ("early_exit_at", str, "block (after the block holding EOS) | eos (as soon as EOS is final)"),
+    ("span", str, "block-diffusion: cover (blocks covering gen_length) | blocks (gen_length/block_length)"),
 ]
 KNOB_NAMES = tuple(k[0] for k in _KNOBS) + ("early_exit",)
 assert set(KNOB_NAMES) == set(FIELDS), "every DecodeConfig field has a flag"

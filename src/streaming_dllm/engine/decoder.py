@@ -1,9 +1,8 @@
-"""The one block-wise decoding loop behind every method.
+"""The public decoding entry points: ``generate`` (a whole batch) and ``stream`` (block by block).
 
-The loop owns the state (token matrix, blocks, steps, nfe, stop rules); the parts it combines
-(cache mode, suffix window, unmasking rule, remasking score, early exit) come from
-``DecodeConfig`` and the model family's traits. Rows of a batch are independent: each keeps its
-own masks, thresholds and early exit, and rows that need no forward are left out of it.
+Both run one ``Run``: the block-wise loop behind every method (``run.py``), with the
+block-causal parts (``causal_run.py``) for block-diffusion families. A method is a
+``DecodeConfig``; the loop never branches on a method's name.
 """
 
 from __future__ import annotations
@@ -13,34 +12,21 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config import ConfigError, DecodeConfig
-from ..kv_cache import KVCache
+from ..config import DecodeConfig
 from ..models.base import DiffusionLM
-from . import policies
-from .cache_modes import MODES, CacheMode, Feed, logit_rows
-from .inputs import as_rows
-from .suffix import kept_columns
+from .causal_run import CausalRun
+from .run import BlockChunk, Run
 
-
-@dataclass
-class BlockChunk:
-    """A block that just became final (blocks never change after they complete).
-
-    ``tokens`` [B, end-start] holds every row's block; ``finished[r]`` says row r has stopped
-    (early exit or last block), so its remaining positions are final too.
-    """
-
-    index: int
-    start: int
-    end: int
-    tokens: torch.Tensor
-    finished: list[bool]
-    nfe: int
+__all__ = ["BlockChunk", "GenerateOutput", "generate", "stream"]
 
 
 @dataclass
 class GenerateOutput:
-    """Result of ``generate``: ``sequences`` [B, prompt_width + gen_length], left-padded prompts."""
+    """Result of ``generate``: ``sequences`` holds the left-padded prompts and what was decoded.
+
+    Row r's generation starts at column ``gen_start[r]`` (``prompt_width`` for every row of a
+    full-attention family; per row for a block-causal one, whose prompts are padded by blocks).
+    """
 
     sequences: torch.Tensor
     nfe: int
@@ -49,246 +35,24 @@ class GenerateOutput:
     prompt_lengths: list[int]
     prompt_width: int
     config: DecodeConfig = field(repr=False)
+    gen_start: list[int] = field(default_factory=list)
+    decoded_end: list[int] = field(default_factory=list)
 
     def generated(self, row: int) -> list[int]:
-        """The generated ids of one row (gen_length of them)."""
-        return self.sequences[row, self.prompt_width :].tolist()
+        """The generated ids of one row (gen_length of them, fewer where a block-causal row's
+        blocks hold fewer)."""
+        start = self.gen_start[row]
+        stop = min(start + self.config.gen_length, self.decoded_end[row])
+        return self.sequences[row, start:stop].tolist()
+
+    def decoded(self, row: int) -> list[int]:
+        """Every position decoded after the prompt: with a block-causal family, up to the end of
+        the row's last block (past gen_length where the prompt ended inside a block)."""
+        return self.sequences[row, self.gen_start[row] : self.decoded_end[row]].tolist()
 
     def prompt(self, row: int) -> list[int]:
-        return self.sequences[row, self.prompt_width - self.prompt_lengths[row] : self.prompt_width].tolist()
-
-
-class _Rows:
-    """The batch rows still decoding the current block, with everything that is per row."""
-
-    def __init__(self, run: _Run, idx: torch.Tensor, kept: torch.Tensor) -> None:
-        self.idx, self.order = idx, idx.tolist()
-        self.x = run.x.index_select(0, idx)
-        self.pos = run.positions.index_select(0, idx)[:, kept]
-        self.keys = None if run.key_valid is None else run.key_valid.index_select(0, idx)[:, kept]
-        self.gens = None if run.generators is None else [run.generators[i] for i in self.order]
-        self.schedule: torch.Tensor | None = None
-        self.cache: KVCache | None = None
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    def keep(self, keep: torch.Tensor) -> None:
-        """Drop the rows that finished: only ``keep`` (indices into these rows) decode on."""
-        self.idx, self.x, self.pos = self.idx[keep], self.x[keep], self.pos[keep]
-        picked = keep.tolist()
-        self.order = [self.order[i] for i in picked]
-        self.keys = None if self.keys is None else self.keys[keep]
-        self.gens = None if self.gens is None else [self.gens[i] for i in picked]
-        self.schedule = None if self.schedule is None else self.schedule[keep]
-        self.cache = None if self.cache is None else self.cache.select_rows(keep)
-
-
-class _Run:
-    """State of one batched decode (built once, consumed by ``blocks``)."""
-
-    def __init__(
-        self, model: DiffusionLM, input_ids, cfg: DecodeConfig, attention_mask, seeds, cancelled=None
-    ) -> None:
-        self.model, self.cfg, self.traits = model, cfg, model.traits
-        self.cancelled: Callable[[int], bool] | None = cancelled
-        self.ids = model.token_ids(cfg.mask_id, cfg.eos_id)
-        self.mask_id, self.eos_id = self.ids.mask, self.ids.eos
-        if cfg.early_exit and self.eos_id is None:
-            raise ValueError("eos_id: early_exit needs an EOS id; the checkpoint's config has none")
-        rows = as_rows(input_ids, attention_mask)
-        self._check(rows)
-        self._layout(rows)
-        self.done = torch.zeros(self.batch, dtype=torch.bool, device=self.x.device)
-        self.row_nfe = [0] * self.batch
-        self.tokens_fed = [0] * self.batch
-        self.nfe = 0
-        self.generators = self._generators(seeds)
-
-    def _check(self, rows: list[list[int]]) -> None:
-        """Refuse, before anything is allocated, prompts the model cannot take."""
-        if not rows:
-            raise ValueError("input_ids: empty batch")
-        vocab = self.model.vocab_size
-        for i, r in enumerate(rows):
-            if not r:
-                raise ValueError(f"input_ids: prompt {i} is empty")
-            if min(r) < 0 or max(r) >= vocab:
-                raise ValueError(f"input_ids: prompt {i} has ids outside the vocabulary [0, {vocab})")
-        width, context = max(len(r) for r in rows), self.model.max_context
-        if context is not None and width + self.cfg.gen_length > context:
-            if width >= context:
-                raise ValueError(f"input_ids: a prompt of {width} tokens leaves no room in the model's "
-                                 f"context of {context} positions")
-            raise ConfigError("gen_length", f"DecodeConfig.gen_length={self.cfg.gen_length}: the prompt "
-                              f"({width} tokens) plus gen_length is more than the model's context of "
-                              f"{context} positions")
-
-    def _layout(self, rows: list[list[int]]) -> None:
-        """Left-pad the prompts into one token matrix; positions count from each prompt's start."""
-        dev = self.model.device
-        self.batch = len(rows)
-        self.lengths = [len(r) for r in rows]
-        self.width = max(self.lengths)
-        self.total = self.width + self.cfg.gen_length
-        x = torch.full((self.batch, self.total), self.mask_id, dtype=torch.long)
-        pad = torch.tensor([self.width - n for n in self.lengths])
-        for i, r in enumerate(rows):
-            x[i, : pad[i]] = self.ids.pad
-            x[i, pad[i] : self.width] = torch.tensor(r, dtype=torch.long)
-        self.x = x.to(dev)
-        cols = torch.arange(self.total)
-        self.positions = (cols[None, :] - pad[:, None]).clamp(min=0).to(dev)
-        self.key_valid = (cols[None, :] >= pad[:, None]).to(dev) if int(pad.max()) > 0 else None
-
-    def _generators(self, seeds) -> list[torch.Generator] | None:
-        """One random stream per row (sampling or random remasking), so rows stay independent."""
-        cfg = self.cfg
-        if cfg.temperature == 0 and cfg.remasking != "random":
-            return None
-        if seeds is None:
-            base = cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
-            seeds = [base + i for i in range(self.batch)]
-        if len(seeds) != self.batch:
-            raise ValueError(f"seeds: expected {self.batch} seeds, got {len(seeds)}")
-        gens = []
-        for s in seeds:
-            g = torch.Generator(device=self.x.device)
-            g.manual_seed(int(s))
-            gens.append(g)
-        return gens
-
-    def blocks(self) -> Iterator[BlockChunk]:
-        cfg = self.cfg
-        for c in range(cfg.num_blocks):
-            start = self.width + c * cfg.block_length
-            end = start + cfg.block_length
-            self._decode_block(start, end)
-            if cfg.early_exit:
-                block = self.x[:, start:end]
-                hit = (block == self.eos_id).any(-1) & ~self.done
-                if hit.any():
-                    self.x[hit, end:] = self.eos_id
-                    self.done |= hit
-            last = c == cfg.num_blocks - 1
-            finished = [True] * self.batch if last else self.done.tolist()
-            yield BlockChunk(c, start, end, self.x[:, start:end].clone(), finished, self.nfe)
-            if bool(self.done.all()):
-                return
-
-    def _decode_block(self, s: int, e: int) -> None:
-        """Decode block [s, e) of every row that still has masks in it, within its step bound."""
-        cfg = self.cfg
-        kept = kept_columns(e, self.total, cfg.window, cfg.tail_keep, self.x.device)
-        act = torch.nonzero(~self.done & (self.x[:, s:e] == self.mask_id).any(-1)).flatten()
-        if act.numel() == 0:
-            return
-        rows = _Rows(self, act, kept)
-        if cfg.unmask == "steps" and self.traits.schedule == "even":
-            masks = (rows.x[:, s:e] == self.mask_id).sum(-1)
-            rows.schedule = policies.even_schedule(masks, cfg.steps_per_block)
-        mode = MODES[cfg.cache]
-        bound = cfg.max_block_steps
-        for step in range(bound):
-            feed = mode.feed(step, s, e, kept.numel())
-            logits, cand, ratio = self._forward(rows, mode, feed, kept, step, s, e)
-            commit, x0 = self._commit(logits, cand, ratio, step, rows)
-            if step == bound - 1:
-                commit = cand  # the step bound: the block ends whatever the logits say
-            block = rows.x[:, s:e]
-            rows.x[:, s:e] = torch.where(commit, x0, block)
-            self.x.index_copy_(0, rows.idx, rows.x)
-            if not self._continue(rows, s, e):
-                return
-
-    def _forward(self, rows: _Rows, mode: CacheMode, feed: Feed, kept: torch.Tensor, step: int, s: int,
-                 e: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Run one forward for ``rows``: (logits of the needed block positions, candidates, r_mask).
-
-        Greedy decoding needs logits only where the block is still masked, so the LM head runs
-        on those rows alone; sampling draws noise for every block position, so it gets them all.
-        """
-        if mode.uses_cache and step == 0:
-            rows.cache = self.model.new_cache()
-        mode.prepare(rows.cache, step, s, e, kept.numel())
-        ids = rows.x[:, kept[feed.lo : feed.hi]]
-        cand = rows.x[:, s:e] == self.mask_id
-        src = logit_rows(feed, e - s, self.traits.logit_shift, ids.device)
-        if self._sampling:
-            b = torch.arange(len(rows), device=ids.device).repeat_interleave(e - s)
-            want = (b, src.repeat(len(rows)))
-        else:
-            b, j = cand.nonzero(as_tuple=True)
-            want = (b, src[j])
-        logits = self.model(ids, rows.pos[:, feed.lo : feed.hi], cache=rows.cache, key_mask=rows.keys,
-                            logits_rows=want)
-        if self._sampling:
-            logits = logits.view(len(rows), e - s, -1)
-        self.nfe += 1
-        for i in rows.order:
-            self.row_nfe[i] += 1
-            self.tokens_fed[i] += ids.shape[1]
-        masked = (ids[:, s - feed.lo :] == self.mask_id).sum(-1)
-        return logits, cand, masked.to(torch.float64) / (kept.numel() - s)
-
-    @property
-    def _sampling(self) -> bool:
-        return self.cfg.temperature > 0 or self.cfg.remasking == "random"
-
-    def _continue(self, rows: _Rows, s: int, e: int) -> bool:
-        """Drop rows whose block is done (or whose request was cancelled); any left?"""
-        still = (rows.x[:, s:e] == self.mask_id).any(-1)
-        if self.cancelled is not None:
-            gone = [j for j, row in enumerate(rows.order) if self.cancelled(row)]
-            if gone:
-                self.done[rows.idx[gone]] = True
-                still[gone] = False
-        left = int(still.sum())
-        if left == 0:
-            return False
-        if left < len(rows):
-            rows.keep(torch.nonzero(still).flatten())
-        return True
-
-    def _commit(self, logits: torch.Tensor, cand: torch.Tensor, ratio: torch.Tensor, step: int,
-                rows: _Rows) -> tuple[torch.Tensor, torch.Tensor]:
-        """Which block positions to commit this step, and with which tokens."""
-        cfg, traits = self.cfg, self.traits
-        x0, conf = self._scores(logits, cand, rows.gens)
-        if step == 0 and cfg.cache != "none" and traits.first_token_at_block_start:
-            first = torch.zeros_like(cand)
-            first[:, 0] = True
-            return first & cand, x0
-        n = cand.sum(-1)
-        if cfg.unmask == "steps":
-            if rows.schedule is not None:
-                k = rows.schedule[:, step] if step < rows.schedule.shape[1] else n
-            else:
-                k = policies.linspace_count(n, step, cfg.steps_per_block, traits.schedule_eps)
-            return policies.top_k_select(conf, cand, torch.minimum(k, n)), x0
-        if cfg.unmask == "factor":
-            return policies.factor_select(conf, cand, cfg.factor), x0
-        if cfg.unmask == "dynamic":
-            thr = policies.dynamic_threshold(cfg.threshold, cfg.alpha, ratio)
-        else:
-            thr = torch.full_like(ratio, cfg.threshold, dtype=torch.float64)
-        return policies.threshold_select(conf, cand, thr), x0
-
-    def _scores(self, logits: torch.Tensor, cand: torch.Tensor, gens) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token choice (never the mask id) and confidence of every candidate; -inf elsewhere."""
-        cfg, dtype = self.cfg, self.traits.confidence_dtype
-        if self._sampling:
-            # Row-wise draws keep a row's random stream independent of its batch.
-            tok, sc = policies.choose_tokens(logits, cfg.remasking, cfg.temperature, dtype, gens,
-                                             exclude=self.mask_id)
-            return tok, sc.to(torch.float64).masked_fill(~cand, policies.NEG_INF)
-        x0 = torch.zeros(cand.shape, dtype=torch.long, device=cand.device)
-        conf = torch.full(cand.shape, policies.NEG_INF, dtype=torch.float64, device=cand.device)
-        idx = cand.nonzero(as_tuple=True)
-        tok, sc = policies.choose_tokens(logits[None], cfg.remasking, 0.0, dtype, None, exclude=self.mask_id)
-        x0[idx] = tok[0]
-        conf[idx] = sc[0].to(torch.float64)
-        return x0, conf
+        start = self.gen_start[row]
+        return self.sequences[row, start - self.prompt_lengths[row] : start].tolist()
 
 
 def stream(
@@ -306,11 +70,11 @@ def stream(
     (its remaining positions stay masked and it is reported finished), freeing its compute.
     Between blocks the caller's code runs outside inference mode.
     """
-    yield from _blocks(_Run(model, input_ids, config, attention_mask, seeds, cancelled))
+    yield from _blocks(_run(model, input_ids, config, attention_mask, seeds, cancelled))
 
 
 @torch.inference_mode()
-def _blocks(run: _Run) -> Iterator[BlockChunk]:
+def _blocks(run: Run) -> Iterator[BlockChunk]:
     # The decorator form re-enters inference mode at each resume and leaves it at each yield.
     yield from run.blocks()
 
@@ -328,7 +92,7 @@ def generate(
     Prompts of different lengths are left-padded; each row decodes exactly as it would alone.
     ``seeds`` gives each row its own random stream (temperature > 0 or random remasking).
     """
-    run = _Run(model, input_ids, config, attention_mask, seeds)
+    run = _run(model, input_ids, config, attention_mask, seeds)
     for _ in _blocks(run):
         pass
     return GenerateOutput(
@@ -339,4 +103,13 @@ def generate(
         prompt_lengths=run.lengths,
         prompt_width=run.width,
         config=config,
+        gen_start=list(run.gen_start),
+        decoded_end=[run.first + n * config.block_length for n in run.row_blocks],
     )
+
+
+def _run(model: DiffusionLM, input_ids, config: DecodeConfig, attention_mask, seeds, cancelled=None) -> Run:
+    """The run for the model's attention: full attention, or block-causal parts."""
+    if model.traits.block_causal:
+        return CausalRun(model, input_ids, config, attention_mask, seeds, cancelled)
+    return Run(model, input_ids, config, attention_mask, seeds, cancelled)

@@ -135,3 +135,80 @@ def linspace_count(masks: torch.Tensor, step: int, steps: int, eps: float) -> to
     t = torch.linspace(1, eps, steps + 1, dtype=torch.float32)
     ratio = 1 - t[step + 1] / t[step]
     return (masks.to(torch.float32) * ratio.to(masks.device)).long()
+
+
+def filtered_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, dtype: torch.dtype,
+                   renormalise: bool = False) -> torch.Tensor:
+    """The sampling distribution of the block-diffusion decoders: at temperature 0 the plain
+    softmax (their argmax path ignores the filters), else softmax of ``logits / T`` restricted to
+    the top-k and the top-p nucleus.
+
+    ``renormalise`` zeroes the probabilities outside the nucleus and divides by their sum
+    (Fast-dLLM v2); otherwise they get -inf logits before the softmax (SDAR, LLaDA2). The two
+    are equal in exact arithmetic; each matches its reference to the bit.
+    """
+    logits = logits.to(dtype)
+    if temperature == 0:
+        return F.softmax(logits, dim=-1)
+    if temperature != 1.0:
+        logits = logits / temperature
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, NEG_INF)
+    if not renormalise:
+        if top_p < 1.0:
+            sorted_l, order = logits.sort(dim=-1, descending=True)
+            logits = logits.masked_fill(_outside(F.softmax(sorted_l, dim=-1), order, top_p), NEG_INF)
+        return F.softmax(logits, dim=-1)
+    probs = F.softmax(logits, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        probs = probs.masked_fill(_outside(sorted_p, order, top_p), 0.0)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def _outside(sorted_probs: torch.Tensor, order: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Tokens outside the top-p nucleus (the most probable always stays), in vocabulary order."""
+    drop = sorted_probs.cumsum(-1) > top_p
+    drop[..., 1:] = drop[..., :-1].clone()
+    drop[..., 0] = False
+    return torch.zeros_like(drop).scatter(-1, order, drop)
+
+
+def sample_multinomial(probs: torch.Tensor, temperature: float,
+                       generators: list[torch.Generator | None] | None) -> torch.Tensor:
+    """Token per position from probs [R, K, V]: argmax at temperature 0, else one multinomial draw
+    per position from row r's generator (``torch.multinomial`` over the row's K positions at once,
+    as the references call it, so a seeded row reproduces their draws)."""
+    if temperature == 0:
+        return probs.argmax(-1)
+    rows = []
+    for r in range(probs.shape[0]):
+        g = None if generators is None else generators[r]
+        rows.append(torch.multinomial(probs[r], 1, generator=g).squeeze(-1))
+    return torch.stack(rows)
+
+
+def threshold_topk_select(conf: torch.Tensor, candidates: torch.Tensor, threshold: float,
+                          k: torch.Tensor) -> torch.Tensor:
+    """Every candidate with confidence strictly above ``threshold`` when at least ``k[r]`` of them
+    are, else the ``k[r]`` most confident (at most the candidates left). ``conf`` keeps the
+    reference's dtype, so the threshold is compared as the reference compares it."""
+    conf = conf.masked_fill(~candidates, NEG_INF)
+    high = (conf > torch.tensor(threshold, dtype=conf.dtype)) & candidates
+    enough = high.sum(-1) >= k
+    top = top_k_select(conf, candidates, torch.minimum(k, candidates.sum(-1)))
+    return torch.where(enough[:, None], high, top)
+
+
+def sequential_select(candidates: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The ``k[r]`` leftmost candidates of each row (SDAR's ``sequential``)."""
+    rank = candidates.long().cumsum(-1)
+    return candidates & (rank <= k[:, None])
+
+
+def block_schedule(rows: int, block_length: int, steps: int, device: torch.device) -> torch.Tensor:
+    """SDAR / LLaDA2's schedule: ``block_length // steps`` commits per step, remainder first,
+    whatever the block's mask count -> [rows, steps]."""
+    return even_schedule(torch.full((rows,), block_length, dtype=torch.long, device=device), steps)

@@ -34,7 +34,8 @@ class FamilyTraits:
       whatever the block's mask count, as those families' decoders do.
     * ``sampler``: how temperature > 0 draws tokens: ``gumbel`` (LLaDA/Dream decoders) or
       ``multinomial`` over the temperature-scaled, top-k/top-p-filtered softmax, whose probability
-      is also the confidence (the block-diffusion decoders).
+      is also the confidence (the block-diffusion decoders); ``multinomial_renorm`` renormalises
+      the nucleus' probabilities instead of filtering logits (Fast-dLLM v2).
     """
 
     logit_shift: bool = False
@@ -43,7 +44,7 @@ class FamilyTraits:
     first_token_at_block_start: bool = False
     schedule_eps: float = 1e-3
     block_causal: bool = False
-    sampler: Literal["gumbel", "multinomial"] = "gumbel"
+    sampler: Literal["gumbel", "multinomial", "multinomial_renorm"] = "gumbel"
 
 
 @dataclass(frozen=True)

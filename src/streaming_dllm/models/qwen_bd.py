@@ -192,7 +192,7 @@ class FastDLLMv2Model(QwenBlockDiffusionLM):
     family = "fast_dllm_v2"
     model_types = ("fast_dllm_qwen",)
     architectures = ("Fast_dLLM_QwenForCausalLM",)
-    traits = FamilyTraits(logit_shift=True, **BLOCK_TRAITS)
+    traits = FamilyTraits(logit_shift=True, **{**BLOCK_TRAITS, "sampler": "multinomial_renorm"})
     block_size_keys = ("bd_size",)
     qkv_bias = True
     DEFAULT_MASK_ID = 151665

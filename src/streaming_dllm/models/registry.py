@@ -10,6 +10,8 @@ from typing import Any
 from .base import DiffusionLM
 from .dream import DreamModel
 from .llada import LLaDAModel
+from .llada2 import LLaDA2Model
+from .qwen_bd import FastDLLMv2Model, SDARModel
 
 FAMILIES: dict[str, type[DiffusionLM]] = {}
 
@@ -32,3 +34,6 @@ def family_for(config: dict[str, Any]) -> type[DiffusionLM]:
 
 register(LLaDAModel)
 register(DreamModel)
+register(SDARModel)
+register(FastDLLMv2Model)
+register(LLaDA2Model)
