@@ -201,7 +201,7 @@ def test_tune_tiny_budget_writes_preset_report_and_plot(tmp_path):
     assert len((tmp_path / "measurements.jsonl").read_text().splitlines()) >= lines
     argv = ["generate", "--prompt", "x", "--preset-file", str(tmp_path / "preset.json")]
     args = build_parser().parse_args(argv)
-    assert config_from_args(args).key() == cfg.key()
+    assert config_from_args(args).key() == again.config.key()  # the second run wrote the file last
 
 
 # --- every front end reads a preset file --------------------------------------------------------

@@ -105,6 +105,31 @@ def _calibrate(m: Measurer, task: TuneTask, base: Candidate, anchor: Candidate) 
     return b.share, s.share
 
 
+def _search(
+    m: Measurer,
+    base: Candidate,
+    pool: list[Candidate],
+    budget_s: float,
+    start: float,
+    eps: float,
+    bar: Progress,
+) -> tuple[Plan, SearchState, Candidate, Verdict | None, HeldOut]:
+    """Calibrate, plan, search the dev split, check the winner (or the baseline) on held-out prompts."""
+    task = m.task
+    anchor = next(c for c in pool if c.label == "streaming")
+    plan = plan_sizes(task, budget_s, *_calibrate(m, task, base, anchor))
+    deadline = start + plan.budget_s - plan.reserve_s
+    search_s = max(0.0, deadline - time.perf_counter() - plan.n_dev * plan.baseline_s)
+    pool = affordable(
+        pool, anchor, plan.streaming_s, search_s, min(8, plan.n_dev), planned_rounds(plan.n_dev)
+    )
+    state = successive_halving(m, task.dev, base, pool, eps, plan.n_dev, deadline, bar.tick)
+    chosen, verdict = best(m, base, state, eps)
+    chosen = chosen or base
+    held = held_out_check(m, task.held_out[: plan.n_held_out], base, chosen, anchor, eps, bar.tick)
+    return plan, state, chosen, verdict, held
+
+
 def tune(
     model: Any,
     task: str | TuneTask = "arith",
@@ -135,23 +160,14 @@ def tune(
     base_cfg = baseline_config(baseline, gen, block_length)
     pool = candidates(base_cfg, model.traits.block_causal, max_configs, seed)
     base = Candidate(f"baseline ({base_cfg.preset_name or 'custom'})", base_cfg)
-    anchor = next(c for c in pool if c.label == "streaming")
     out = Path(out) if out is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     bar = Progress(budget_min * 60, enabled=progress)
     m = Measurer(model, tokenizer, task, MeasureCache(out / "measurements.jsonl" if out else None))
     try:
-        plan = plan_sizes(task, budget_min * 60, *_calibrate(m, task, base, anchor))
-        deadline = start + plan.budget_s - plan.reserve_s
-        rounds = planned_rounds(plan.n_dev)
-        search_s = max(0.0, deadline - time.perf_counter() - plan.n_dev * plan.baseline_s)
-        pool = affordable(pool, anchor, plan.streaming_s, search_s, min(8, plan.n_dev), rounds)
-        state = successive_halving(m, task.dev, base, pool, epsilon / 100, plan.n_dev, deadline, bar.tick)
-        chosen, verdict = best(m, base, state, epsilon / 100)
-        chosen = chosen or base
-        held = held_out_check(
-            m, task.held_out[: plan.n_held_out], base, chosen, anchor, epsilon / 100, bar.tick
+        plan, state, chosen, verdict, held = _search(
+            m, base, pool, budget_min * 60, start, epsilon / 100, bar
         )
     finally:
         bar.close()

@@ -22,6 +22,25 @@ def _front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return front
 
 
+def _marks(ax: Any, result: Any, rows: list[dict[str, Any]]) -> None:
+    """The baseline, the ``streaming`` preset and the chosen config, drawn on top."""
+    base = result.table[0]
+    marks = [(base, "baseline", "k", "s")]
+    marks += [(r, "streaming", "tab:purple", "D") for r in rows if r["label"] == "streaming"]
+    marks += [(r, "chosen", "gold", "*") for r in rows if r["key"] == result.config.key() and r is not base]
+    for r, name, color, marker in marks:
+        ax.scatter(
+            [r["tok_s"]],
+            [100 * r["delta"]],
+            s=180,
+            color=color,
+            marker=marker,
+            edgecolor="k",
+            zorder=5,
+            label=f"{name}: {r['label']}",
+        )
+
+
 def pareto_plot(result: Any, path: Path) -> Path:
     import matplotlib
 
@@ -55,28 +74,16 @@ def pareto_plot(result: Any, path: Path) -> Path:
         ls="--",
         label="Pareto front",
     )
-    base = result.table[0]
-    marks = [(base, "baseline", "k", "s")]
-    marks += [(r, "streaming", "tab:purple", "D") for r in rows if r["label"] == "streaming"]
-    marks += [(r, "chosen", "gold", "*") for r in rows if r["key"] == result.config.key() and r is not base]
-    for r, name, color, marker in marks:
-        ax.scatter(
-            [r["tok_s"]],
-            [100 * r["delta"]],
-            s=180,
-            color=color,
-            marker=marker,
-            edgecolor="k",
-            zorder=5,
-            label=f"{name}: {r['label']}",
-        )
+    _marks(ax, result, rows)
     ax.axhline(0, color="k", lw=0.5)
     ax.axhline(
         -result.epsilon, color="tab:red", lw=0.8, ls=":", label=f"tolerance -{result.epsilon:g} points"
     )
     ax.set_xscale("log")
     ax.set_xlabel("throughput, generated tokens / s (log)")
-    ax.set_ylabel(f"accuracy vs baseline, points (dev, paired; baseline {100 * base['accuracy']:.0f}%)")
+    ax.set_ylabel(
+        f"accuracy vs baseline, points (dev, paired; baseline {100 * result.table[0]['accuracy']:.0f}%)"
+    )
     ax.set_title(f"tune: {result.task.name}, {len(rows)} configs")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
