@@ -91,8 +91,10 @@ def _refused(case: dict[str, Any]) -> str | None:
     stops = kw.get("stopping_criteria_idx")
     if isinstance(stops, list) and len(stops) > 1:
         return "stopping_criteria_idx"
-    if case["reference"] == "sdar.block_diffusion_generate" and kw["gen_length"] % kw["block_length"]:
-        return "gen_length"
+    if "gen_length" in kw and kw["gen_length"] % kw["block_length"]:
+        return "gen_length"  # SDAR and LLaDA2 decode whole blocks; we take a multiple of the block
+    if kw.get("num_to_transfer") and kw["block_length"] % kw["num_to_transfer"]:
+        return "num_to_transfer"  # a fixed k per pass is a step schedule only when it divides the block
     return None
 
 
@@ -103,6 +105,14 @@ def _is_bug(case: dict[str, Any]) -> bool:
     kw = case["kwargs"]
     if case["reference"] == "fast_dllm_v2.batch_sample" and kw["min_len"] == kw["block_size"]:
         return True
+    if case["reference"].startswith("llada2"):
+        # LLaDA2 commits the mask id when the model predicts it (the position stays masked and its
+        # block ends with masks); and its early stop finds an EOS inside the prompt first.
+        mask, eos = kw["mask_id"], kw["eos_id"]
+        if any(mask in row for row in _rows(case)):
+            return True
+        if kw.get("eos_early_stop") and any(eos in p for p in case["prompts"]):
+            return True
     return "official bug" in (case.get("note") or "")
 
 
@@ -155,6 +165,11 @@ def _check_nfe(family: str, case: dict[str, Any], cfg: sd.DecodeConfig, out) -> 
     elif family == "fast_dllm_v2":
         # The reference's last commit forward only predicts a token after the last block.
         assert saved in (0, 1), saved
+    elif case["reference"] == "llada2.generate" and not (cfg.early_exit and cfg.early_exit_at == "eos"):
+        # LLaDA2 recomputes every block at every step: one forward per step, as our folded
+        # first forward of each block keeps it; stopping at a final EOS may stop sooner. (2.1 may
+        # take more: its argmax can pick the mask id, a pass that commits nothing; ours never does.)
+        assert saved == 0, saved
 
 
 def _chunks_decoded(out) -> range:
@@ -189,9 +204,11 @@ def test_official_bug_cases(case_id):
         assert out.prompt(row) == prompt
         assert model.mask_id not in out.decoded(row)
     theirs = _official(case, 0, len(prompts[0]))
-    ours, theirs = _cut(out.decoded(0), theirs, None)
-    official_prompt = case["output"][0][: len(prompts[0])] if not isinstance(case["output"], dict) else None
-    assert ours != theirs or official_prompt != prompts[0]
+    assert out.decoded(0), "nothing decoded"
+    if theirs and not case["reference"].startswith("llada2"):
+        theirs_prompt = _rows(case)[0][: len(prompts[0])]
+        assert _cut(out.decoded(0), theirs, None)[0] != _cut(out.decoded(0), theirs, None)[1] \
+            or theirs_prompt != prompts[0]
 
 
 def test_batch_equals_solo_on_block_diffusion_presets():

@@ -122,8 +122,10 @@ _LLADA2 = dict(temperature=0.0, block_length=32, steps=32, gen_length=2048, top_
 _LLADA21 = {**_LLADA2, "editing_threshold": 0.9, "max_post_steps": 16, "num_to_transfer": 1}
 
 
-def _llada2_common(a: dict[str, Any]) -> dict[str, Any]:
+def _llada2_common(a: dict[str, Any], name: str) -> dict[str, Any]:
     bs, gen = int(a["block_length"]), int(a["gen_length"])
+    if gen % bs:
+        raise _refuse("gen_length", name, f"{gen}: must be a multiple of block_length={bs}")
     eos = a["eos_id"]
     return dict(gen_length=gen, block_length=bs, cache="prefix", span="cover", unmask="threshold_topk",
                 threshold=float(a["threshold"]), temperature=float(a["temperature"]),
@@ -133,7 +135,7 @@ def _llada2_common(a: dict[str, Any]) -> dict[str, Any]:
 
 def _llada2(kwargs: dict[str, Any]) -> dict[str, Any]:
     a = _take(kwargs, _LLADA2, "llada2.generate")
-    out = _llada2_common(a)
+    out = _llada2_common(a, "llada2.generate")
     bs, gen = out["block_length"], out["gen_length"]
     steps = min(int(a["steps"]), gen // max(1, int(a["minimal_topk"])))
     out["steps"] = _steps_per_block(steps, bs) * max(1, gen // bs)
@@ -146,7 +148,7 @@ def _llada2(kwargs: dict[str, Any]) -> dict[str, Any]:
 def _llada21(kwargs: dict[str, Any]) -> dict[str, Any]:
     name = "llada2.1.generate"
     a = _take(kwargs, _LLADA21, name)
-    out = _llada2_common(a)
+    out = _llada2_common(a, name)
     bs, gen, k = out["block_length"], out["gen_length"], int(a["num_to_transfer"])
     if k < 1 or bs % k:
         raise _refuse("num_to_transfer", name, f"{k}: must be a positive divisor of block_length={bs}")
