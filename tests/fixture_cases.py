@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from streaming_dllm import DecodeConfig
+from streaming_dllm import ConfigError, DecodeConfig
 
 FIXTURES = Path(
     os.environ.get(
@@ -62,62 +62,38 @@ def load_cases(arch: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+# The official function of each fixture case (its "reference" record), by the name
+# ``DecodeConfig.from_reference`` knows it under.
+REFERENCE_NAMES: dict[tuple[str, str, str], str] = {
+    ("NVlabs/Fast-dLLM", "llada/generate.py", "generate"): "fast_dllm.llada.generate",
+    ("NVlabs/Fast-dLLM", "llada/generate.py", "generate_with_prefix_cache"):
+        "fast_dllm.llada.generate_with_prefix_cache",
+    ("NVlabs/Fast-dLLM", "llada/generate.py", "generate_with_dual_cache"):
+        "fast_dllm.llada.generate_with_dual_cache",
+    ("xiaoshideta/Streaming-dLLM", "LLaDA-1.5/generate.py", "generate"): "streaming_dllm.llada.generate",
+    ("xiaoshideta/Streaming-dLLM", "LLaDA-1.5/generate.py", "generate_with_dual_cache"):
+        "streaming_dllm.llada.generate_with_dual_cache",
+    ("xiaoshideta/Streaming-dLLM", "LLaDA-1.5/generate.py", "generate_with_prefix_cache"):
+        "streaming_dllm.llada.generate_with_prefix_cache",
+    ("NVlabs/Fast-dLLM", "dream/model/generation_utils.py", "generation_utils"): "dream.diffusion_generate",
+    ("NVlabs/Fast-dLLM", "dream/model/generation_utils_block.py", "generation_utils_block"):
+        "fast_dllm.dream.diffusion_generate",
+    ("xiaoshideta/Streaming-dLLM", "Dream/model/generation_utils_block.py", "generation_utils_block"):
+        "streaming_dllm.dream.diffusion_generate",
+}
+
+
+def reference_name(case: dict[str, Any]) -> str:
+    r = case["reference"]
+    return REFERENCE_NAMES[(r["repo"], r["file"], r["function"])]
+
+
 def config_for(case: dict[str, Any]) -> DecodeConfig | None:
-    """The DecodeConfig that reproduces a fixture case, None for cases we do not replay."""
-    kw = case["kwargs"]
-    g, b = case["gen_length"], case["block_length"]
-    method, arch = case["method"], case["arch"]
-    tau = kw.get("threshold") or 0.9
-    base: dict[str, Any] = dict(gen_length=g, block_length=b, temperature=0.0)
-    streaming = dict(
-        cache="prefix",
-        unmask="dynamic",
-        threshold=tau,
-        alpha=kw.get("confidence_alpha") or 0.0,
-        early_exit=True,
-    )
-    if method.startswith("streaming-w"):
-        return DecodeConfig(**base, **streaming, window=kw["window_size"])
-    if method == "streaming-fullwindow-a0.0":
-        return DecodeConfig(**base, **streaming, window=None)
-    if method.startswith("streaming-dual-w"):
-        return DecodeConfig(**base, **{**streaming, "cache": "dual"}, window=kw["window_size"])
-    if method.startswith("streaming-steps-w"):
-        return DecodeConfig(
-            **base, cache="prefix", window=kw["window_size"], unmask="steps", steps=g, early_exit=True
-        )
-    if method.startswith("streaming-factor-w"):
-        return DecodeConfig(
-            **base,
-            cache="prefix",
-            window=kw["window_size"],
-            unmask="factor",
-            factor=kw["factor"],
-            early_exit=True,
-        )
-    if method.startswith("streaming-entropy-w"):
-        return DecodeConfig(
-            **base,
-            cache="prefix",
-            window=kw["window_size"],
-            unmask="steps",
-            steps=g,
-            remasking="entropy",
-            early_exit=True,
-        )
-    table: dict[str, dict[str, Any]] = {
-        "vanilla": dict(unmask="steps", steps=g),
-        "parallel-threshold": dict(unmask="threshold", threshold=tau),
-        "prefix-cache": dict(cache="prefix", unmask="steps", steps=g),
-        "fast-dllm-prefix": dict(cache="prefix", unmask="threshold", threshold=tau),
-        "dual-cache": dict(cache="dual", unmask="steps", steps=g),
-        "fast-dllm-dual": dict(cache="dual", unmask="threshold", threshold=tau),
-        "parallel-factor": dict(unmask="factor", factor=kw.get("factor") or 1.0),
-        "dual-cache-factor": dict(cache="dual", unmask="factor", factor=kw.get("factor") or 1.0),
-        "vanilla-entropy": dict(block_length=g, unmask="steps", steps=g, remasking="entropy"),
-        "vanilla-maskgit_plus": dict(block_length=g, unmask="steps", steps=g, remasking="low_confidence"),
-        "prefix-cache-entropy": dict(cache="prefix", unmask="steps", steps=g, remasking="entropy"),
-    }
-    if arch == "dream" and method == "parallel-threshold":
-        return None  # Fast-dLLM's no-block Dream quota rule: not required (fixtures README)
-    return DecodeConfig(**{**base, **table[method]})
+    """The DecodeConfig that reproduces a fixture case: ``from_reference`` given the official
+    call's own keyword arguments; None for the one call it refuses (Dream's no-block
+    ``confidence_threshold``, not required by the fixtures README)."""
+    try:
+        return DecodeConfig.from_reference(reference_name(case), **case["kwargs"])
+    except ConfigError as exc:
+        assert exc.field == "alg" and case["arch"] == "dream" and case["method"] == "parallel-threshold", exc
+        return None

@@ -56,7 +56,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     printed = ""
     nfe = 0
     for chunk in stream(model, [ids], cfg):
-        generated += chunk.tokens[0].tolist()
+        generated += chunk.row(0)
         nfe = chunk.nfe
         answer = answer_ids(generated, stops)
         text = tok.decode(answer, skip_special_tokens=True)

@@ -220,7 +220,7 @@ class Batcher:
                     for job in batch:
                         job.post(Failed(APIError(503, "the server is shutting down", code="shutting_down")))
                     return
-                toks = chunk.tokens.tolist()
+                toks = [chunk.row(r) for r in range(len(chunk.finished))]
                 for r, row in enumerate(toks):
                     done[r] = done[r] or chunk.finished[r] or answer_end(row, self.end_ids) is not None
                 if chunk.index < skip:
