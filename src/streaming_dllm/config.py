@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 UnmaskRule = Literal["steps", "threshold", "dynamic", "factor", "threshold_topk", "sequential"]
@@ -212,6 +214,21 @@ class DecodeConfig:
     def for_budget(self, max_tokens: int) -> DecodeConfig:
         """This config with ``gen_length`` = ``max_tokens`` rounded up to whole blocks."""
         return self.replace(gen_length=gen_length_for(max_tokens, self.block_length))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write this config as a preset file (JSON) that ``load``, ``--preset-file`` and the
+        lm-eval adapter's ``preset_file=`` read back (``preset_files.save_config``)."""
+        from .preset_files import save_config
+
+        return save_config(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> DecodeConfig:
+        """Read a preset file written by ``save`` or ``streaming-dllm tune``; a bad file or field
+        is one ``ConfigError`` naming both (``preset_files.load_config``)."""
+        from .preset_files import load_config
+
+        return load_config(path)
 
     @classmethod
     def from_reference(cls, name: str, **kwargs: Any) -> DecodeConfig:
