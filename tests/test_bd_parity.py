@@ -213,15 +213,18 @@ def test_official_bug_cases(case_id):
 
 def test_batch_equals_solo_on_block_diffusion_presets():
     """Mixed prompt lengths in one batch give each row its solo tokens, for every new preset."""
-    for family in ("sdar", "fast_dllm_v2"):
+    presets = {"sdar": ("sdar", "streaming"), "fast_dllm_v2": ("fast-dllm-v2", "streaming"),
+               "llada2": ("llada2", "llada2.1", "streaming")}
+    for family, names in presets.items():
         model = _model(family)
         gen = torch.Generator().manual_seed(0)
         prompts = [torch.randint(0, 300, (n,), generator=gen).tolist() for n in (3, 8, 13)]
-        for preset in ("sdar", "fast-dllm-v2", "streaming"):
-            cfg = sd.DecodeConfig.preset(preset, gen_length=16, block_length=8, seed=3)
+        variants = [sd.DecodeConfig.preset(p, gen_length=16, block_length=8, seed=3) for p in names]
+        variants += [variants[0].replace(cache="dual", sub_block_length=4, temperature=0.8, top_p=0.9)]
+        for cfg in variants:
             if cfg.sub_block_length:
                 cfg = cfg.replace(sub_block_length=4)
             batch = sd.generate(model, prompts, cfg)
             for r, p in enumerate(prompts):
                 solo = sd.generate(model, [p], cfg, seeds=[cfg.seed + r])
-                assert batch.decoded(r) == solo.decoded(0), (family, preset, r)
+                assert batch.decoded(r) == solo.decoded(0), (family, cfg, r)
