@@ -166,7 +166,7 @@ def test_help_lists_each_presets_defaults():
             value = getattr(cfg, field)
             shown = f"{field}={'none' if value is None else value}"
             assert shown in line.split(" every preset:")[0], (name, field)
-    assert "every preset: gen_length=256, block_length=32" in out
+    assert "every preset: gen_length=256" in out  # block_length varies (sdar: 4)
 
 
 @pytest.mark.skipif(not (BUILTIN_DIR / "model.safetensors").is_file(), reason="built-in weights not built")

@@ -291,6 +291,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_post_steps=16,
     ),
 }
+BLOCK_DIFFUSION_PRESETS: tuple[str, ...] = ("sdar", "fast-dllm-v2", "llada2", "llada2.1")
+"""The block-diffusion families' own decoders: their sub-blocks, SDAR's top-k greedy and LLaDA2.1's
+editing need a block-causal family (a full-attention one refuses them, naming the field)."""
+
 """Named methods (the CLI's ``--method``). Fields not given keep the dataclass defaults.
 
 ``sdar`` is SDAR's greedy setting (top_k=1 at temperature 1, blocks of 4, 4 steps each);
