@@ -63,7 +63,9 @@ def _forward(model, ids: torch.Tensor) -> torch.Tensor:
 def test_loads_the_right_family_and_traits(family, model):
     assert type(model) is FAMILIES[family]
     assert model.traits.block_causal and model.traits.schedule == "block"
-    assert model.traits.sampler == "multinomial" and model.traits.confidence_dtype == torch.float32
+    # Fast-dLLM v2 renormalises its top-p nucleus; SDAR filters logits (engine/policies.filtered_probs).
+    sampler = "multinomial_renorm" if family == "fast_dllm_v2" else "multinomial"
+    assert model.traits.sampler == sampler and model.traits.confidence_dtype == torch.float32
     assert model.traits.logit_shift == (family == "fast_dllm_v2")
     config = json.loads((_checkpoint(family) / "config.json").read_text())
     assert model.block_size == config["block_size" if family == "sdar" else "bd_size"]
