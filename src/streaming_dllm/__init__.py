@@ -17,6 +17,8 @@ _EXPORTS = {
     "GenerateOutput": ".engine",
     "generate": ".engine",
     "stream": ".engine",
+    "generate_many": ".engine",
+    "Scheduler": ".engine",
     "CheckpointError": ".loading",
     "load_model": ".loading",
     "load_tokenizer": ".loading",

@@ -71,6 +71,14 @@ class KVCache:
         out._reserve = self._reserve
         return out
 
+    def next_keys(self, fed: int) -> int:
+        """How many keys the next forward (feeding ``fed`` tokens) attends to, as its mode says."""
+        if self._mode == "store":
+            return fed
+        if self._mode == "attend":
+            return self._length + fed
+        return self._slots[2] or self.capacity
+
     def put_rows(self, rows: torch.Tensor, part: KVCache, start: int, stop: int) -> None:
         """Write slots [start, stop) of ``part`` (a ``select_rows(rows)`` copy) back into this cache."""
         for layer, (k, v) in enumerate(zip(part.keys, part.values, strict=True)):

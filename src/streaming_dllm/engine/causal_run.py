@@ -15,7 +15,7 @@ import torch
 from ..kv_cache import KVCache
 from . import policies
 from .block_causal import causal_layout, causal_mask, check_causal_config, current_sub_block, eos_reached
-from .run import SCHEDULED, Rows, Run, _scheduled_select
+from .run import SCHEDULED, Rows, Run, Steps, _scheduled_select, call
 
 
 def _subset(rows: Rows, idx: torch.Tensor) -> Rows:
@@ -55,7 +55,7 @@ class CausalRun(Run):
         return self.cfg.temperature > 0
 
     # ------------------------------------------------------------------ one block
-    def _decode_block(self, c: int, s: int, e: int) -> None:
+    def _decode_block(self, c: int, s: int, e: int) -> Steps:
         act = torch.nonzero(~self.done & (self.x[:, s:e] == self.mask_id).any(-1)).flatten()
         if act.numel() == 0:
             return
@@ -66,12 +66,13 @@ class CausalRun(Run):
             rows.schedule = policies.block_schedule(len(rows), self.cfg.block_length,
                                                     self.cfg.steps_per_block, self.x.device)
         if c == 0 and not self.fold and self.first > 0 and self.cfg.cache != "none":
-            self._prefill(rows)
+            yield from self._prefill(rows)
         for step in range(self.cfg.max_block_steps):
-            if not self._step(rows, c, step, s, e, last=step == self.cfg.max_block_steps - 1):
+            going = yield from self._step(rows, c, step, s, e, last=step == self.cfg.max_block_steps - 1)
+            if not going:
                 break
         if not self.fold and c + 1 < self.num_blocks:
-            self._commit_block(c, s, e)
+            yield from self._commit_block(c, s, e)
 
     def _block_cache(self, act: torch.Tensor) -> KVCache | None:
         """The sequence cache for this block's rows (a row copy when some rows have stopped)."""
@@ -87,7 +88,7 @@ class CausalRun(Run):
         if rows.cache is not None and rows.cache is not self.cache and self.cache is not None:
             self.cache.put_rows(rows.idx, rows.cache, lo, hi)
 
-    def _step(self, rows: Rows, c: int, step: int, s: int, e: int, last: bool) -> bool:
+    def _step(self, rows: Rows, c: int, step: int, s: int, e: int, last: bool):
         """One forward and its commits; False when no row of the block is left."""
         masked = rows.x[:, s:e] == self.mask_id
         had = masked.any(-1)
@@ -103,7 +104,7 @@ class CausalRun(Run):
             part = rows if idx is None else _subset(rows, idx)
             pc = cols if idx is None else cols[idx]
             lo, hi, mask = self._feed(part, c, step, s, e, pc, sub_only)
-            logits = self._forward_cols(part, lo, hi, mask, pc)
+            logits = yield from self._forward_cols(part, lo, hi, mask, pc)
             if lo < s and self.fold:
                 self._keep_written(part, lo, s)
             done = self._commit_step(part, logits, pc, masked if idx is None else masked[idx], step, last)
@@ -196,14 +197,13 @@ class CausalRun(Run):
             return causal_mask(rows.keys, lo, hi, self.cfg.block_length, len(rows), self.x.device)
         return None if rows.keys is None else rows.keys[:, :hi]
 
-    def _forward_cols(self, rows: Rows, lo: int, hi: int, mask, cols: torch.Tensor) -> torch.Tensor:
+    def _forward_cols(self, rows: Rows, lo: int, hi: int, mask, cols: torch.Tensor):
         """Logits [R, sub, V] predicting ``cols`` (a shifted family reads the row before)."""
         src = cols - lo
         if self.traits.logit_shift:
             src = (src - 1).clamp(min=0)
         b = torch.arange(len(rows), device=cols.device).repeat_interleave(cols.shape[1])
-        logits = self.model(rows.x[:, lo:hi], rows.pos[:, lo:hi], cache=rows.cache, key_mask=mask,
-                            logits_rows=(b, src.flatten()))
+        logits = yield from call(rows.x[:, lo:hi], rows.pos[:, lo:hi], rows.cache, mask, (b, src.flatten()))
         self._count(rows, hi - lo)
         return logits.view(len(rows), cols.shape[1], -1)
 
@@ -264,7 +264,7 @@ class CausalRun(Run):
         return policies.threshold_select(conf.to(torch.float64), cand, thr)
 
     # ------------------------------------------------------------------ around the blocks
-    def _prefill(self, rows: Rows) -> None:
+    def _prefill(self, rows: Rows) -> Steps:
         """A shifted family stores the prompt's full blocks first; a row whose prompt fills them
         gets its first token from their last row (argmax), as Fast-dLLM v2 does."""
         first = self.first
@@ -272,13 +272,12 @@ class CausalRun(Run):
         mask = causal_mask(rows.keys, 0, first, self.cfg.block_length, len(rows), self.x.device)
         b = torch.arange(len(rows), device=self.x.device)
         last = torch.full_like(b, first - 1)
-        logits = self.model(rows.x[:, :first], rows.pos[:, :first], cache=rows.cache, key_mask=mask,
-                            logits_rows=(b, last))
+        logits = yield from call(rows.x[:, :first], rows.pos[:, :first], rows.cache, mask, (b, last))
         self._count(rows, first)
         self._keep_written(rows, 0, first)
         self._next_token(rows, logits, first)
 
-    def _commit_block(self, c: int, s: int, e: int) -> None:
+    def _commit_block(self, c: int, s: int, e: int) -> Steps:
         """A shifted family writes the finished block's K/V with a forward of its own, whose last
         row gives the next block's first token."""
         act = torch.nonzero(~self.done & torch.tensor([c + 1 < n for n in self.row_blocks],
@@ -294,8 +293,8 @@ class CausalRun(Run):
             lo, mask = s, self._mask(rows, s, e)
             rows.cache.crop(s)
             rows.cache.attend()
-        logits = self.model(rows.x[:, lo:e], rows.pos[:, lo:e], cache=rows.cache, key_mask=mask,
-                            logits_rows=(b, torch.full_like(b, e - 1 - lo)))
+        logits = yield from call(rows.x[:, lo:e], rows.pos[:, lo:e], rows.cache, mask,
+                                 (b, torch.full_like(b, e - 1 - lo)))
         self._count(rows, e - lo)
         self._keep_written(rows, s, e)
         self._next_token(rows, logits, e)

@@ -15,7 +15,7 @@ import torch
 from ..config import DecodeConfig
 from ..models.base import DiffusionLM
 from .causal_run import CausalRun
-from .run import BlockChunk, Run
+from .run import BlockChunk, Run, drive
 
 __all__ = ["BlockChunk", "GenerateOutput", "generate", "stream"]
 
@@ -70,13 +70,13 @@ def stream(
     (its remaining positions stay masked and it is reported finished), freeing its compute.
     Between blocks the caller's code runs outside inference mode.
     """
-    yield from _blocks(_run(model, input_ids, config, attention_mask, seeds, cancelled))
+    yield from _blocks(start_run(model, input_ids, config, attention_mask, seeds, cancelled))
 
 
 @torch.inference_mode()
 def _blocks(run: Run) -> Iterator[BlockChunk]:
     # The decorator form re-enters inference mode at each resume and leaves it at each yield.
-    yield from run.blocks()
+    yield from drive(run.model, run.events())
 
 
 def generate(
@@ -92,9 +92,15 @@ def generate(
     Prompts of different lengths are left-padded; each row decodes exactly as it would alone.
     ``seeds`` gives each row its own random stream (temperature > 0 or random remasking).
     """
-    run = _run(model, input_ids, config, attention_mask, seeds)
+    run = start_run(model, input_ids, config, attention_mask, seeds)
     for _ in _blocks(run):
         pass
+    return output_of(run)
+
+
+def output_of(run: Run) -> GenerateOutput:
+    """The result of a finished run."""
+    config = run.cfg
     return GenerateOutput(
         sequences=run.x,
         nfe=run.nfe,
@@ -108,7 +114,8 @@ def generate(
     )
 
 
-def _run(model: DiffusionLM, input_ids, config: DecodeConfig, attention_mask, seeds, cancelled=None) -> Run:
+def start_run(model: DiffusionLM, input_ids, config: DecodeConfig, attention_mask, seeds,
+              cancelled=None) -> Run:
     """The run for the model's attention: full attention, or block-causal parts."""
     if model.traits.block_causal:
         return CausalRun(model, input_ids, config, attention_mask, seeds, cancelled)

@@ -9,7 +9,7 @@ Block-causal families run ``causal_run.CausalRun``, which replaces the layout an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +46,50 @@ class BlockChunk:
         """The generated tokens of row r that this block made final."""
         start = 0 if self.starts is None else self.starts[r]
         return self.tokens[r, start:].tolist()
+
+
+@dataclass
+class Forward:
+    """One model call a run is waiting for: ``model(ids, positions, cache=..., key_mask=...,
+    logits_rows=...)``. A run yields it and is sent back the logits, so the same loop runs alone
+    (``drive``) or with other requests in one batched forward (``scheduler``)."""
+
+    ids: torch.Tensor
+    positions: torch.Tensor
+    cache: KVCache | None
+    key_mask: torch.Tensor | None
+    logits_rows: tuple[torch.Tensor, torch.Tensor]
+
+
+Steps = Generator[Forward, torch.Tensor, None]
+"""A run's decoding: yields the forwards it needs (and block chunks from ``events``)."""
+
+
+def call(ids: torch.Tensor, positions: torch.Tensor, cache: KVCache | None, key_mask: torch.Tensor | None,
+         rows: tuple[torch.Tensor, torch.Tensor]) -> Generator[Forward, torch.Tensor, torch.Tensor]:
+    """Ask for one forward: ``logits = yield from call(...)``."""
+    logits = yield Forward(ids, positions, cache, key_mask, rows)
+    return logits
+
+
+def drive(model: DiffusionLM, events: Generator) -> Iterator[BlockChunk]:
+    """Run one run's events alone: every forward goes to the model, block chunks come out."""
+    event = next(events, None)
+    while event is not None:
+        if isinstance(event, Forward):
+            logits = model(event.ids, event.positions, cache=event.cache, key_mask=event.key_mask,
+                           logits_rows=event.logits_rows)
+            event = _send(events, logits)
+        else:
+            yield event
+            event = next(events, None)
+
+
+def _send(events: Generator, value: torch.Tensor):
+    try:
+        return events.send(value)
+    except StopIteration:
+        return None
 
 
 SCHEDULED = ("steps", "threshold_topk", "sequential")
@@ -173,12 +217,13 @@ class Run:
             gens.append(g)
         return gens
 
-    def blocks(self) -> Iterator[BlockChunk]:
+    def events(self) -> Generator[Forward | BlockChunk, torch.Tensor, None]:
+        """The whole decode: the forwards it needs, and each block as soon as it is final."""
         bs = self.cfg.block_length
         for c in range(self.num_blocks):
             start = self.first + c * bs
             end = start + bs
-            self._decode_block(c, start, end)
+            yield from self._decode_block(c, start, end)
             self._exit_at_eos(start, end)
             done = [self.done[r].item() or c >= self.row_blocks[r] - 1 for r in range(self.batch)]
             starts = [bs if c >= self.row_blocks[r] else max(0, self.gen_start[r] - start)
@@ -200,7 +245,7 @@ class Run:
             self.x[hit, end:] = self.eos_id
             self.done |= hit
 
-    def _decode_block(self, c: int, s: int, e: int) -> None:
+    def _decode_block(self, c: int, s: int, e: int) -> Steps:
         """Decode block [s, e) of every row that still has masks in it, within its step bound."""
         cfg = self.cfg
         kept = kept_columns(e, self.total, cfg.window, cfg.tail_keep, self.x.device)
@@ -215,7 +260,7 @@ class Run:
         bound = cfg.max_block_steps
         for step in range(bound):
             feed = mode.feed(step, s, e, kept.numel())
-            logits, cand, ratio = self._forward(rows, mode, feed, kept, step, s, e)
+            logits, cand, ratio = yield from self._forward(rows, mode, feed, kept, step, s, e)
             commit, x0 = self._commit(logits, cand, ratio, step, rows)
             if step == bound - 1:
                 commit = cand  # the step bound: the block ends whatever the logits say
@@ -226,7 +271,7 @@ class Run:
                 return
 
     def _forward(self, rows: Rows, mode: CacheMode, feed: Feed, kept: torch.Tensor, step: int, s: int,
-                 e: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 e: int) -> Generator[Forward, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Run one forward for ``rows``: (logits of the needed block positions, candidates, r_mask).
 
         Greedy decoding needs logits only where the block is still masked, so the LM head runs
@@ -244,8 +289,7 @@ class Run:
         else:
             b, j = cand.nonzero(as_tuple=True)
             want = (b, src[j])
-        logits = self.model(ids, rows.pos[:, feed.lo : feed.hi], cache=rows.cache, key_mask=rows.keys,
-                            logits_rows=want)
+        logits = yield from call(ids, rows.pos[:, feed.lo : feed.hi], rows.cache, rows.keys, want)
         if self._sampling:
             logits = logits.view(len(rows), e - s, -1)
         self.nfe += 1

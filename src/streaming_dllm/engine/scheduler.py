@@ -1,0 +1,274 @@
+"""Continuous batching: requests with any settings join and leave one running batch.
+
+Every request is its own ``Run`` (its own token rows, K/V cache, ``DecodeConfig`` and random
+streams), written as the same block loop that ``generate`` runs: a run *yields* each forward it
+needs. An engine ``step`` takes the forward every ready run is waiting for, runs them as a few
+batched forwards (ragged rows padded, with key masks; each run's K/V written into its own
+cache), and sends each run its logits. A run that finishes (its last block, early exit, a stop
+reached by the caller, cancellation) leaves at once; waiting requests join at the next step.
+
+Grouping (``policy``): ``split`` runs long forwards (a block start: the kept prefix) apart from
+short ones (in-block steps), so short rows never pay for the long ones; ``joint`` runs all ready
+forwards together. Batching changes speed, not answers: a run's tokens are its solo tokens.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from ..config import DecodeConfig
+from ..kv_cache import KVCache
+from ..models.base import DiffusionLM
+from .decoder import GenerateOutput, output_of, start_run
+from .run import BlockChunk, Forward, Run
+
+Policy = Literal["split", "joint"]
+
+
+class QueueFull(RuntimeError):
+    """The scheduler's waiting queue is full: the request was not accepted."""
+
+
+@dataclass
+class Event:
+    """What happened to one request in a step: ``block`` (``chunk`` is final), ``done``
+    (``output``), ``failed`` (``error``) or ``cancelled``."""
+
+    handle: Handle
+    kind: Literal["block", "done", "failed", "cancelled"]
+    chunk: BlockChunk | None = None
+    output: GenerateOutput | None = None
+    error: BaseException | None = None
+
+
+@dataclass(eq=False)
+class Handle:
+    """One submitted request and its decode state."""
+
+    id: int
+    prompts: list
+    config: DecodeConfig
+    seeds: list[int] | None
+    cancelled: Callable[[], bool] | None
+    tag: Any = None
+    submitted: float = field(default_factory=time.perf_counter)
+    first_block: float | None = None
+    run: Run | None = None
+    events: Generator | None = None
+    pending: Forward | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def tokens(self) -> int:
+        """Positions this request holds K/V for (its K/V memory), once admitted."""
+        return 0 if self.run is None else self.run.batch * self.run.total
+
+
+class Scheduler:
+    """Continuous batching over one model (not thread-safe: one thread calls ``step``)."""
+
+    def __init__(self, model: DiffusionLM, max_rows: int = 64, max_tokens: int = 1 << 20,
+                 max_queue: int = 1024, policy: Policy = "split", long_tokens: int = 128) -> None:
+        if policy not in ("split", "joint"):
+            raise ValueError(f"policy={policy!r}: must be 'split' or 'joint'")
+        self.model, self.policy, self.long_tokens = model, policy, long_tokens
+        self.max_rows, self.max_tokens, self.max_queue = max_rows, max_tokens, max_queue
+        self.waiting: deque[Handle] = deque()
+        self.active: list[Handle] = []
+        self._ids = itertools.count()
+        self.forwards = 0
+        self.rows_forwarded = 0
+
+    # ---------------------------------------------------------------- requests
+    def submit(self, prompts: list, config: DecodeConfig, seeds: list[int] | None = None,
+               cancelled: Callable[[], bool] | None = None, tag: Any = None) -> Handle:
+        """Queue a request (prompt id lists, one per row); ``QueueFull`` when the queue is full."""
+        if len(self.waiting) >= self.max_queue:
+            raise QueueFull(f"the queue holds {self.max_queue} requests")
+        handle = Handle(next(self._ids), list(prompts), config, seeds, cancelled, tag)
+        self.waiting.append(handle)
+        return handle
+
+    @property
+    def rows_in_flight(self) -> int:
+        return sum(h.rows for h in self.active)
+
+    @property
+    def tokens_in_flight(self) -> int:
+        return sum(h.tokens for h in self.active)
+
+    def busy(self) -> bool:
+        return bool(self.waiting or self.active)
+
+    # ---------------------------------------------------------------- one engine step
+    @torch.inference_mode()
+    def step(self) -> list[Event]:
+        """Admit what fits, run one forward for every ready request, return what happened."""
+        out: list[Event] = []
+        self._admit(out)
+        self._drop_cancelled(out)
+        for group in self._groups([h for h in self.active if h.pending is not None]):
+            try:
+                results = self._forward([h.pending for h in group])
+            except Exception as exc:  # a forward that fails fails its requests, no others
+                for h in group:
+                    self._finish(h, Event(h, "failed", error=exc), out)
+                continue
+            for h, logits in zip(group, results, strict=True):
+                self._advance(h, logits, out)
+        return out
+
+    def _admit(self, out: list[Event]) -> None:
+        while self.waiting:
+            h = self.waiting[0]
+            rows = self.rows_in_flight
+            if self.active and rows + h.rows > self.max_rows:
+                return
+            try:
+                h.run = start_run(self.model, h.prompts, h.config, None, h.seeds)
+            except Exception as exc:
+                self.waiting.popleft()
+                out.append(Event(h, "failed", error=exc))
+                continue
+            if self.active and self.tokens_in_flight + h.tokens > self.max_tokens:
+                h.run = None
+                return
+            self.waiting.popleft()
+            self.active.append(h)
+            h.events = h.run.events()
+            self._advance(h, None, out)
+
+    def _drop_cancelled(self, out: list[Event]) -> None:
+        for h in list(self.active):
+            if h.cancelled is not None and h.cancelled():
+                self._finish(h, Event(h, "cancelled"), out)
+
+    def _advance(self, h: Handle, logits: torch.Tensor | None, out: list[Event]) -> None:
+        """Run a request's loop up to its next forward, reporting the blocks it finishes."""
+        try:
+            event = next(h.events) if logits is None else h.events.send(logits)
+            while isinstance(event, BlockChunk):
+                if h.first_block is None:
+                    h.first_block = time.perf_counter()
+                out.append(Event(h, "block", chunk=event))
+                event = next(h.events)
+        except StopIteration:
+            self._finish(h, Event(h, "done", output=output_of(h.run)), out)
+            return
+        except Exception as exc:
+            self._finish(h, Event(h, "failed", error=exc), out)
+            return
+        h.pending = event
+
+    def _finish(self, h: Handle, event: Event, out: list[Event]) -> None:
+        if h.events is not None:
+            h.events.close()
+        h.pending = None
+        if h in self.active:
+            self.active.remove(h)
+        out.append(event)
+
+    # ---------------------------------------------------------------- batched forwards
+    def _groups(self, ready: list[Handle]) -> list[list[Handle]]:
+        if not ready:
+            return []
+        if self.policy == "joint":
+            return [ready]
+        long = [h for h in ready if h.pending.ids.shape[1] > self.long_tokens]
+        short = [h for h in ready if h.pending.ids.shape[1] <= self.long_tokens]
+        return [g for g in (short, long) if g]
+
+    def _forward(self, forwards: list[Forward]) -> list[torch.Tensor]:
+        self.forwards += 1
+        self.rows_forwarded += sum(f.ids.shape[0] for f in forwards)
+        if len(forwards) == 1:
+            f = forwards[0]
+            return [self.model(f.ids, f.positions, cache=f.cache, key_mask=f.key_mask,
+                               logits_rows=f.logits_rows)]
+        return batched_forward(self.model, forwards)
+
+
+def batched_forward(model: DiffusionLM, forwards: list[Forward]) -> list[torch.Tensor]:
+    """Several runs' forwards as one: ids padded to the longest, keys padded to the most, a
+    [B, N, K] mask that gives every run exactly its own keys, and a cache view that writes each
+    run's K/V into its own cache. Returns each forward's logits."""
+    dev = forwards[0].ids.device
+    sizes = [f.ids.shape[0] for f in forwards]
+    lens = [f.ids.shape[1] for f in forwards]
+    keys = [n if f.cache is None else f.cache.next_keys(n) for f, n in zip(forwards, lens, strict=True)]
+    big_n, big_k, total = max(lens), max(keys), sum(sizes)
+    ids = torch.zeros(total, big_n, dtype=torch.long, device=dev)
+    pos = torch.zeros(total, big_n, dtype=torch.long, device=dev)
+    mask = torch.zeros(total, big_n, big_k, dtype=torch.bool, device=dev)
+    parts, rows_b, rows_r, b0 = [], [], [], 0
+    for f, b, n, k in zip(forwards, sizes, lens, keys, strict=True):
+        ids[b0 : b0 + b, :n] = f.ids
+        pos[b0 : b0 + b, :n] = f.positions
+        mask[b0 : b0 + b, :n, :k] = _own_mask(f.key_mask, b, n, k, dev)
+        mask[b0 : b0 + b, n:, 0] = True  # padding queries see one key, so nothing is NaN
+        parts.append((f.cache, b0, b0 + b, n))
+        rows_b.append(f.logits_rows[0] + b0)
+        rows_r.append(f.logits_rows[1])
+        b0 += b
+    logits = model(ids, pos, cache=CacheGroup(parts, big_k), key_mask=mask,
+                   logits_rows=(torch.cat(rows_b), torch.cat(rows_r)))
+    return list(logits.split([len(r) for r in rows_b]))
+
+
+def _own_mask(key_mask: torch.Tensor | None, b: int, n: int, k: int, dev: torch.device) -> torch.Tensor:
+    if key_mask is None:
+        return torch.ones(b, n, k, dtype=torch.bool, device=dev)
+    if key_mask.dim() == 2:
+        return key_mask[:, None, :k].expand(b, n, k)
+    return key_mask
+
+
+class CacheGroup:
+    """The caches of a batched forward's runs seen as one: each run's rows write their own K/V
+    (padding queries write nothing) and attend to their keys, padded to the group's key count."""
+
+    def __init__(self, parts: Iterable[tuple[KVCache | None, int, int, int]], keys: int) -> None:
+        self.parts, self.keys = list(parts), keys
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ks, vs = [], []
+        for cache, b0, b1, n in self.parts:
+            ki, vi = k[b0:b1, :, :n], v[b0:b1, :, :n]
+            if cache is not None:
+                ki, vi = cache.update(layer, ki, vi)
+            pad = self.keys - ki.shape[2]
+            ks.append(torch.nn.functional.pad(ki, (0, 0, 0, pad)))
+            vs.append(torch.nn.functional.pad(vi, (0, 0, 0, pad)))
+        return torch.cat(ks), torch.cat(vs)
+
+
+def generate_many(model: DiffusionLM, prompts: list[list[int]], configs: DecodeConfig | list[DecodeConfig],
+                  seeds: list[int | None] | None = None, **scheduler_args: Any) -> list[GenerateOutput]:
+    """Decode many prompts, each with its own config (one config for all, or one each), with
+    continuous batching; each output equals ``generate(model, [prompt], config)``."""
+    if isinstance(configs, DecodeConfig):
+        configs = [configs] * len(prompts)
+    if len(configs) != len(prompts):
+        raise ValueError(f"configs: {len(configs)} configs for {len(prompts)} prompts")
+    seeds = seeds if seeds is not None else [None] * len(prompts)
+    sched = Scheduler(model, max_queue=max(len(prompts), 1), **scheduler_args)
+    handles = [sched.submit([p], c, None if s is None else [s]) for p, c, s in
+               zip(prompts, configs, seeds, strict=True)]
+    done: dict[int, GenerateOutput] = {}
+    while sched.busy():
+        for ev in sched.step():
+            if ev.kind == "done":
+                done[ev.handle.id] = ev.output
+            elif ev.kind == "failed":
+                raise ev.error
+    return [done[h.id] for h in handles]
