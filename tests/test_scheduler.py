@@ -1,0 +1,156 @@
+"""Continuous batching: every request's tokens equal its solo tokens, whatever runs beside it.
+
+Requests with random presets, knobs, lengths, row counts and seeds are submitted at random
+steps into one ``Scheduler``; each answer (tokens and forward count) must equal
+``generate(model, prompts, config, seeds)`` run alone. On this CPU the batched, padded forward
+gives bit-identical logits per row, so the check is exact (no tolerance).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+import streaming_dllm as sd
+from streaming_dllm.engine.scheduler import QueueFull, Scheduler
+
+FULL = ("vanilla", "prefix-cache", "fast-dllm", "fast-dllm-dual", "streaming", "streaming-dual")
+BD = ("sdar", "fast-dllm-v2", "llada2", "llada2.1", "streaming", "fast-dllm")
+BD_DIR = Path(__file__).parent / "fixtures"
+
+
+def _full_config(rng: random.Random) -> sd.DecodeConfig:
+    block = rng.choice([8, 16])
+    cfg = sd.DecodeConfig.preset(rng.choice(FULL), gen_length=block * rng.choice([1, 2, 3]), block_length=block)
+    changes = {}
+    if cfg.window is not None:
+        changes["window"] = rng.choice([8, 16, None])
+    if cfg.unmask == "dynamic":
+        changes["alpha"] = rng.choice([0.0, 0.3, 0.6])
+    if rng.random() < 0.3:
+        changes.update(temperature=0.8, seed=rng.randrange(100))
+    return cfg.replace(**changes)
+
+
+def _bd_config(rng: random.Random, family: str) -> sd.DecodeConfig:
+    name, block = rng.choice(BD), rng.choice([4, 8])
+    sub = block // 2 if name == "fast-dllm-v2" else None
+    cfg = sd.DecodeConfig.preset(name, gen_length=16, block_length=block, sub_block_length=sub)
+    if sub:
+        cfg = cfg.replace(cache=rng.choice(["prefix", "dual"]))
+    if rng.random() < 0.3:
+        cfg = cfg.replace(temperature=0.9, top_p=rng.choice([1.0, 0.9]), seed=rng.randrange(100))
+    return cfg
+
+
+def _solo(model, req):
+    prompts, cfg, seeds = req
+    return sd.generate(model, prompts, cfg, seeds=seeds)
+
+
+def _mix(model, rng, make, vocab, n_requests=10):
+    reqs = []
+    for _ in range(n_requests):
+        rows = rng.choice([1, 1, 2])
+        prompts = [[rng.randrange(vocab) for _ in range(rng.randint(3, 14))] for _ in range(rows)]
+        cfg = make(rng)
+        seeds = [rng.randrange(1000) for _ in range(rows)] if cfg.temperature > 0 else None
+        reqs.append((prompts, cfg, seeds))
+    return reqs
+
+
+def _run_mixed(model, reqs, rng, **kwargs):
+    """Submit the requests at random steps; return each request's output."""
+    sched = Scheduler(model, **kwargs)
+    todo = list(enumerate(reqs))
+    handles, outputs = {}, {}
+    while todo or sched.busy():
+        for _ in range(rng.randint(0, 3)):
+            if todo:
+                i, (prompts, cfg, seeds) = todo.pop(0)
+                handles[sched.submit(prompts, cfg, seeds).id] = i
+        for ev in sched.step():
+            assert ev.kind in ("block", "done"), ev.error
+            if ev.kind == "done":
+                outputs[handles[ev.handle.id]] = ev.output
+    return [outputs[i] for i in range(len(reqs))]
+
+
+def _assert_same(model, reqs, outs):
+    for (prompts, cfg, seeds), out in zip(reqs, outs, strict=True):
+        solo = _solo(model, (prompts, cfg, seeds))
+        for r in range(len(prompts)):
+            assert out.decoded(r) == solo.decoded(r), cfg
+        assert out.nfe == solo.nfe, cfg
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("policy", ["split", "joint"])
+def test_concurrent_equals_solo_full_attention(tiny_models, seed, policy):
+    rng = random.Random(seed)
+    model = tiny_models["llada" if seed % 2 == 0 else "dream"]
+    reqs = _mix(model, rng, _full_config, 900)
+    _assert_same(model, reqs, _run_mixed(model, reqs, rng, policy=policy, long_tokens=24))
+
+
+@pytest.mark.parametrize("family", ["sdar", "fast_dllm_v2", "llada2"])
+def test_concurrent_equals_solo_block_diffusion(family):
+    rng = random.Random(hash(family) % 1000)
+    model = sd.load_model(str(BD_DIR / family / "checkpoint"))
+    reqs = _mix(model, rng, lambda r: _bd_config(r, family), 300)
+    _assert_same(model, reqs, _run_mixed(model, reqs, rng, policy="joint"))
+
+
+def test_cancelled_and_failed_requests_leave_others_alone(tiny_models):
+    model = tiny_models["llada"]
+    rng = random.Random(3)
+    reqs = _mix(model, rng, _full_config, 900, n_requests=4)
+    sched = Scheduler(model)
+    cancel = {"now": False}
+    good = [sched.submit(*r) for r in reqs]
+    doomed = sched.submit([[1, 2, 3]], sd.DecodeConfig.preset("vanilla", gen_length=64, block_length=16),
+                          cancelled=lambda: cancel["now"])
+    bad = sched.submit([[10**6]], sd.DecodeConfig.preset("vanilla", gen_length=16, block_length=16))
+    outs, kinds, steps = {}, {}, 0
+    while sched.busy():
+        steps += 1
+        cancel["now"] = steps > 2
+        for ev in sched.step():
+            kinds.setdefault(ev.handle.id, []).append(ev.kind)
+            if ev.kind == "done":
+                outs[ev.handle.id] = ev.output
+    assert kinds[bad.id] == ["failed"]
+    assert kinds[doomed.id][-1] == "cancelled"
+    _assert_same(model, reqs, [outs[h.id] for h in good])
+
+
+def test_admission_limits_and_queue():
+    model = sd.load_model(str(BD_DIR / "sdar" / "checkpoint"))
+    cfg = sd.DecodeConfig.preset("sdar", gen_length=8, block_length=4, temperature=0.0)
+    sched = Scheduler(model, max_rows=2, max_queue=3)
+    for _ in range(3):
+        sched.submit([[5, 6, 7]], cfg)
+    with pytest.raises(QueueFull):
+        sched.submit([[5, 6, 7]], cfg)
+    seen = 0
+    while sched.busy():
+        sched.step()
+        assert sched.rows_in_flight <= 2
+        seen = max(seen, sched.rows_in_flight)
+    assert seen == 2
+
+
+def test_generate_many_matches_generate(tiny_models):
+    model = tiny_models["llada"]
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12]]
+    cfgs = [sd.DecodeConfig.preset("streaming", gen_length=32, block_length=16, window=16),
+            sd.DecodeConfig.preset("vanilla", gen_length=16, block_length=16)]
+    many = sd.generate_many(model, prompts, cfgs)
+    for p, c, out in zip(prompts, cfgs, many, strict=True):
+        assert out.generated(0) == sd.generate(model, [p], c).generated(0)
+    with pytest.raises(ValueError, match="configs"):
+        sd.generate_many(model, prompts, cfgs[:1])
+    assert torch.equal(many[0].sequences, sd.generate(model, [prompts[0]], cfgs[0]).sequences)
