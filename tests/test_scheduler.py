@@ -24,7 +24,8 @@ BD_DIR = Path(__file__).parent / "fixtures"
 
 def _full_config(rng: random.Random) -> sd.DecodeConfig:
     block = rng.choice([8, 16])
-    cfg = sd.DecodeConfig.preset(rng.choice(FULL), gen_length=block * rng.choice([1, 2, 3]), block_length=block)
+    gen = block * rng.choice([1, 2, 3])
+    cfg = sd.DecodeConfig.preset(rng.choice(FULL), gen_length=gen, block_length=block)
     changes = {}
     if cfg.window is not None:
         changes["window"] = rng.choice([8, 16, None])
