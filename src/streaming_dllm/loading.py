@@ -1,4 +1,4 @@
-"""Loading checkpoints: a local folder, a hub id or ``"builtin"``; safetensors only by default.
+"""Loading checkpoints: a local folder, a hub id or a built-in name; safetensors only by default.
 
 The model is built on the meta device and the weights are assigned shard by shard, already cast
 to the requested dtype and placed on the requested device, so an 8B checkpoint never needs a

@@ -4,7 +4,9 @@
 ``builtin/TRAINING.md``). The modules: ``config`` (``TrainConfig``, the checkpoint's
 config.json), ``data`` (tokenizer, batches, masks), ``loss`` (the diffusion objective),
 ``embeddings`` (init and the embedding options), ``probes`` (the checks logged during
-training), ``export`` (the plain checkpoint) and ``loop`` (``train``).
+training), ``export`` (the plain checkpoint), ``loop`` (``train``) and ``block_diffusion``
+(``--arch sdar``: the block-causal two-stream loss and the LLaDA -> SDAR init behind
+``builtin-bd``, see ``builtin_bd/TRAINING.md``).
 """
 
 from .config import TrainConfig, model_config

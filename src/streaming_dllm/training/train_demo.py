@@ -18,6 +18,9 @@ the final checkpoint (config, safetensors, tokenizer) is written to ``--out`` an
 shipped checkpoint came from these defaults (a 60-minute time limit on a
 2-core CPU; with a time limit the cosine decay follows the elapsed time). Its figures and what
 was tried are in ``builtin/TRAINING.md``.
+
+``--arch sdar --block-size 4 --init-from builtin`` trains the block-diffusion built-in
+(``builtin-bd``, SDAR layout) instead: ``training.block_diffusion`` and ``builtin_bd/TRAINING.md``.
 """
 
 from __future__ import annotations
