@@ -196,7 +196,8 @@ def test_sse_wire_format(server):
 
 @pytest.mark.parametrize("stream", [True, False])
 def test_client_disconnect_frees_the_batch(model_tok, monkeypatch, stream):
-    """A client that times out mid-block leaves: its row stops decoding within a step.
+    """A client that times out mid-block leaves: its row stops decoding within a step
+    (same-settings batching; test_server_continuous.py checks the continuous engine).
 
     The real engine decodes with the vanilla method (one token per forward, no early exit) and
     256-token blocks, so the first block alone costs 256 forwards; a forward hook on the served
@@ -213,7 +214,7 @@ def test_client_disconnect_frees_the_batch(model_tok, monkeypatch, stream):
     monkeypatch.setattr(batcher_module, "stream", watched)
     model = model_tok[0]
     hook = model.register_forward_pre_hook(lambda *_: state.__setitem__("forwards", state["forwards"] + 1))
-    settings = ServerSettings(model_name=MODEL, limits=Limits(max_tokens=1024))
+    settings = ServerSettings(model_name=MODEL, limits=Limits(max_tokens=1024), batching="same-settings")
     try:
         with LiveServer(*model_tok, settings) as srv:
             body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 512, "stream": stream,

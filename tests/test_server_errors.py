@@ -218,7 +218,7 @@ def test_engine_failure_fails_only_its_request(model_tok, monkeypatch):
 
     monkeypatch.setattr(batcher_module, "stream", flaky)
     settings = ServerSettings(model_name=MODEL, shared_overrides={"block_length": 8},
-                              limits=Limits(batch_wait_ms=300, max_tokens=16))
+                              limits=Limits(batch_wait_ms=300, max_tokens=16), batching="same-settings")
     good = [[20, 21, 22, 23], [30, 31, 32], [40, 41, 42, 43, 44]]
     with LiveServer(*model_tok, settings) as srv:
         def body(p):

@@ -216,10 +216,10 @@ def test_stalled_body_times_out_with_408(server, server_log):
 def test_dead_worker_refuses_work_with_503(monkeypatch):
     """A worker thread that is gone (here: its loop told to end) makes /v1/* and /health 503."""
     monkeypatch.setattr(batcher_module.Batcher, "_take", lambda self: None)
-    settings = ServerSettings(model_name=MODEL, limits=Limits(max_tokens=8))
+    settings = ServerSettings(model_name=MODEL, limits=Limits(max_tokens=8), batching="same-settings")
     with LiveServer(*load_served_model(), settings) as srv:
         deadline = time.monotonic() + 10
-        while srv.app.state.service.batcher.alive and time.monotonic() < deadline:
+        while srv.app.state.service.worker.alive and time.monotonic() < deadline:
             time.sleep(0.02)
         r = httpx.post(srv.url + COMP, json={"model": MODEL, "prompt": "hi"}, timeout=10)
         assert r.status_code == 503 and r.json()["error"]["code"] == "worker_stopped"
@@ -240,7 +240,7 @@ def test_worker_survives_an_error_while_taking_a_batch(monkeypatch):
 
     monkeypatch.setattr(sd.DecodeConfig, "key", flaky)
     settings = ServerSettings(model_name=MODEL, shared_overrides={"block_length": 8},
-                              limits=Limits(max_tokens=8, batch_wait_ms=0))
+                              limits=Limits(max_tokens=8, batch_wait_ms=0), batching="same-settings")
     body = {"model": MODEL, "prompt": "Tom has 3 apples.", "max_tokens": 8, "temperature": 0}
     with LiveServer(*load_served_model(), settings) as srv:
         first = httpx.post(srv.url + COMP, json=body, timeout=60)

@@ -1,7 +1,9 @@
 """Bounded load test: 200 requests from 16 concurrent openai clients against the real server.
 
 No errors, no lost or mixed-up responses, and every batched answer equals the answer the same
-request got when it was decoded alone. Figures (p50/p99, req/s) come from benchmarks/serve_load.py.
+request got when it was decoded alone (same-settings batching, whose batches /metrics counts;
+test_server_continuous.py loads the continuous engine). Figures (p50/p99, req/s) come from
+benchmarks/serve_load.py.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ _spec.loader.exec_module(serve_load)
 @pytest.fixture(scope="module")
 def server():
     limits = Limits(max_batch_size=16, max_queue=256, batch_wait_ms=5)
-    settings = ServerSettings(model_name=MODEL, shared_overrides={"block_length": 8}, limits=limits)
+    settings = ServerSettings(model_name=MODEL, shared_overrides={"block_length": 8}, limits=limits,
+                              batching="same-settings")
     with LiveServer(*load_served_model(), settings) as srv:
         yield srv
 

@@ -1,7 +1,8 @@
 """The FastAPI app: OpenAI-compatible completions and chat completions over the engine.
 
 The front end only authenticates, reads and validates the body, and turns blocks into text; the
-``Batcher`` decodes. Every error leaves as an OpenAI error object.
+worker decodes (``EngineLoop`` for continuous or serial batching, ``Batcher`` for same-settings
+batches). Every error leaves as an OpenAI error object.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..text import stop_ids
-from .batcher import Batcher, Chunk, Done, Failed, Job
+from .batcher import Batcher
+from .engine_loop import EngineLoop
 from .errors import APIError, error_body
+from .jobs import Chunk, Done, Failed, Job, Worker
 from .metrics import Metrics
 from .output import ChoiceText, Replies
 from .requests import Translator, parse_body
@@ -96,15 +99,23 @@ def _sse(obj: dict[str, Any] | str) -> str:
     return f"data: {obj if isinstance(obj, str) else json.dumps(obj, separators=(',', ':'))}\n\n"
 
 
+def make_worker(model, settings: ServerSettings, metrics: Metrics, end_ids: set[int]) -> Worker:
+    """The decoding worker that ``settings.batching`` names."""
+    if settings.batching == "same-settings":
+        return Batcher(model, settings.limits, metrics, end_ids)
+    return EngineLoop(model, settings.limits, metrics, end_ids, serial=settings.batching == "serial",
+                      policy=settings.batch_policy)
+
+
 class _Service:
-    """State shared by the routes: model, tokenizer, translator, batcher, metrics."""
+    """State shared by the routes: model, tokenizer, translator, worker, metrics."""
 
     def __init__(self, model, tokenizer, settings: ServerSettings) -> None:
         self.settings, self.tok = settings, tokenizer
         self.metrics = Metrics()
         self.end_ids = stop_ids(model, tokenizer)
         self.translator = Translator(settings, tokenizer, int(model.vocab_size), model.max_context)
-        self.batcher = Batcher(model, settings.limits, self.metrics, self.end_ids)
+        self.worker = make_worker(model, settings, self.metrics, self.end_ids)
         self.created = int(time.time())
 
     def check_auth(self, request: Request) -> None:
@@ -139,7 +150,7 @@ class _Service:
             req = parse_body(raw, CompletionRequest)
             plan = self.translator.completion(req)
         job = Job(plan, asyncio.get_running_loop())
-        self.batcher.submit(job)
+        self.worker.submit(job)
         self.metrics.prompt_tokens.inc(plan.prompt_tokens)
         texts = [ChoiceText(self.tok, self.end_ids, plan.max_tokens, plan.stops) for _ in plan.rows]
         replies = Replies(self.settings.model_name, chat, plan.prompt_tokens)
@@ -152,7 +163,7 @@ class _Service:
                 pass
         finally:
             watcher.cancel()
-            self.batcher.cancel(job)
+            self.worker.cancel(job)
         return JSONResponse(replies.body(texts))
 
     async def _blocks(self, job: Job, texts: list[ChoiceText]) -> AsyncIterator[list[str]]:
@@ -200,7 +211,7 @@ class _Service:
             complete = True
             yield _sse(err.body())
         finally:
-            self.batcher.cancel(job)
+            self.worker.cancel(job)
             if not complete:
                 self.metrics.disconnects.inc()
         yield _sse("[DONE]")
@@ -210,7 +221,7 @@ class _Service:
         while not job.cancelled:
             if await request.is_disconnected():
                 self.metrics.disconnects.inc()
-                self.batcher.cancel(job)
+                self.worker.cancel(job)
                 job.events.put_nowait(Failed(APIError(499, "client disconnected")))
                 return
             await asyncio.sleep(0.1)
@@ -224,9 +235,9 @@ def create_app(model, tokenizer, settings: ServerSettings | None = None) -> Fast
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        svc.batcher.start()
+        svc.worker.start()
         yield
-        await asyncio.to_thread(svc.batcher.stop)
+        await asyncio.to_thread(svc.worker.stop)
 
     app = FastAPI(title="streaming-dllm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = svc
@@ -252,9 +263,9 @@ def create_app(model, tokenizer, settings: ServerSettings | None = None) -> Fast
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        alive = svc.batcher.alive
+        alive = svc.worker.alive
         body = {"status": "ok" if alive else "worker stopped", "model": settings.model_name,
-                "queued": svc.batcher.queued, "running": svc.batcher.running}
+                "queued": svc.worker.queued, "running": svc.worker.running}
         return JSONResponse(body, status_code=200 if alive else 503)
 
     @app.get("/metrics")

@@ -1,4 +1,5 @@
-"""The request queue and the worker thread that decodes batches with the engine.
+"""Same-settings batching (``--batching same-settings``): a queue and a worker thread that
+decodes batches of requests with identical settings, each batch to its end.
 
 Requests whose decoding configs have equal ``DecodeConfig.key()`` (every setting; seeds are
 per row) are decoded together as one engine batch; each row decodes exactly as it would alone,
@@ -8,57 +9,19 @@ posts each finished block to the waiting request's asyncio queue.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 
 from ..engine import stream
 from ..text import answer_end
 from .errors import APIError
+from .jobs import Chunk, Done, Failed, Job, queue_full, shutting_down, worker_stopped
 from .metrics import Metrics
-from .requests import Plan
 from .settings import Limits
 
 log = logging.getLogger("streaming_dllm.server")
-
-
-@dataclass
-class Chunk:
-    """One finished block for a job: ``tokens[r]`` / ``finished[r]`` per row of the job."""
-
-    index: int
-    tokens: list[list[int]]
-    finished: list[bool]
-
-
-@dataclass
-class Done:
-    nfe: int
-
-
-@dataclass
-class Failed:
-    error: BaseException
-
-
-class Job:
-    """A request in flight: its plan, the loop to report to, and its cancelled flag."""
-
-    def __init__(self, plan: Plan, loop: asyncio.AbstractEventLoop) -> None:
-        self.plan, self.loop = plan, loop
-        self.events: asyncio.Queue = asyncio.Queue()
-        self.cancelled = False
-        self.enqueued = time.perf_counter()
-        self.started: float | None = None
-
-    def post(self, event: Chunk | Done | Failed) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            self.cancelled = True
 
 
 class Batcher:
@@ -90,25 +53,19 @@ class Batcher:
             self._pending.clear()
             self._cv.notify_all()
         for job in left:
-            job.post(Failed(APIError(503, "the server is shutting down", code="shutting_down")))
+            job.post(Failed(shutting_down()))
         self._thread.join(timeout=30)
 
     def submit(self, job: Job) -> None:
         """Queue a job, or refuse at once: 429 when the queue is full, 503 when no worker runs."""
         with self._cv:
             if self._stopping:
-                raise APIError(503, "the server is shutting down", code="shutting_down")
+                raise shutting_down()
             if not self._thread.is_alive():
-                raise APIError(503, "the decoding worker has stopped; the server cannot take requests "
-                               "(see its log)", code="worker_stopped")
+                raise worker_stopped()
             if len(self._pending) >= self.limits.max_queue:
                 self.metrics.rejected.inc()
-                raise APIError(
-                    429,
-                    f"the server is busy ({len(self._pending)} requests queued, limit "
-                    f"{self.limits.max_queue}); retry later",
-                    code="queue_full",
-                )
+                raise queue_full(len(self._pending), self.limits.max_queue)
             self._pending.append(job)
             self.metrics.queue_depth.set(len(self._pending))
             self._cv.notify()
@@ -188,6 +145,7 @@ class Batcher:
                 self.metrics.queue_wait.observe(now - job.enqueued)
             self.running = len(batch)
             self.metrics.running.set(self.running)
+            self.metrics.rows_in_flight.set(sum(len(job.plan.rows) for job in batch))
             try:
                 self._run(batch, skip=0)
             except Exception as exc:  # never let the worker die: fail this batch, serve the next
@@ -197,6 +155,7 @@ class Batcher:
             finally:
                 self.running = 0
                 self.metrics.running.set(0)
+                self.metrics.rows_in_flight.set(0)
 
     def _run(self, batch: list[Job], skip: int) -> None:
         """Decode one batch; blocks with index < ``skip`` were already posted (a solo re-run)."""
@@ -218,7 +177,7 @@ class Batcher:
                 nfe = chunk.nfe
                 if self._stopping:
                     for job in batch:
-                        job.post(Failed(APIError(503, "the server is shutting down", code="shutting_down")))
+                        job.post(Failed(shutting_down()))
                     return
                 toks = [chunk.row(r) for r in range(len(chunk.finished))]
                 for r, row in enumerate(toks):

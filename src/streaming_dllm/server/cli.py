@@ -14,7 +14,7 @@ import os
 from ..cli.options import MissingExtra, add_model_args, flag, load_from_args, require_extra
 from ..config import PRESETS, ConfigError
 from ..preset_files import load_config
-from .settings import BOUNDS, Limits, ServerSettings, SettingsError
+from .settings import BATCHING, BOUNDS, POLICIES, Limits, ServerSettings, SettingsError
 
 log = logging.getLogger("streaming_dllm.server")
 
@@ -25,9 +25,11 @@ _LIMIT_FLAGS = {
     "default_max_tokens": "max_tokens of a request that gives none (default: min(128, --max-tokens))",
     "max_n": "largest n (choices per prompt)",
     "max_prompts": "most prompts in one /v1/completions request",
-    "max_batch_size": "most rows decoded together in one engine batch",
+    "max_batch_size": "most rows (prompts x n) of one request; same-settings: of one batch",
+    "max_rows_in_flight": "continuous batching: most rows decoding at once",
+    "max_kv_tokens": "continuous batching: most K/V positions (rows x (prompt + generation)) at once",
     "max_queue": "most requests waiting for a batch (429 at once beyond)",
-    "batch_wait_ms": "how long an idle worker waits for more requests to batch",
+    "batch_wait_ms": "same-settings batching: how long an idle worker waits for more requests to batch",
     "body_timeout_s": "longest pause, in seconds, while a client sends its body (408 beyond)",
     "max_block_length": "largest block_length a request may ask for",
     "max_window": "largest window a request may ask for",
@@ -65,6 +67,13 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, help="TCP port, 0..65535 (default 8000; 0 = any free)")
     p.add_argument("--api-key", default=os.environ.get("STREAMING_DLLM_API_KEY"),
                    help="require 'Authorization: Bearer KEY' (default: $STREAMING_DLLM_API_KEY, else none)")
+    p.add_argument("--batching", default="continuous", choices=BATCHING,
+                   help="continuous: requests with any settings join the running batch at every step "
+                   "(default); same-settings: batches of identical settings, each run to its end; "
+                   "serial: one request at a time")
+    p.add_argument("--batch-policy", default="split", choices=POLICIES,
+                   help="continuous batching: run block starts apart from in-block steps (split, default) "
+                   "or every ready forward together (joint)")
     defaults = Limits()
     g = p.add_argument_group("limits (a request outside them is refused; each flag has a range)")
     for name, text in _LIMIT_FLAGS.items():
@@ -102,7 +111,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     base = base_from_file(args.preset_file) if getattr(args, "preset_file", None) else None
     settings = ServerSettings(model_name=args.served_model_name or args.model, method=args.method,
                               shared_overrides=shared, method_overrides=own, api_key=args.api_key or None,
-                              limits=limits, base=base)
+                              limits=limits, base=base, batching=args.batching,
+                              batch_policy=args.batch_policy)
     try:
         settings.validate()
     except (SettingsError, ConfigError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class Metrics:
@@ -19,10 +20,20 @@ class Metrics:
         self.first_chunk = Histogram("sdllm_time_to_first_block_seconds",
                                      "Time from arrival to the first finished block", buckets=LATENCY_BUCKETS,
                                      registry=r)
-        self.queue_wait = Histogram("sdllm_queue_wait_seconds", "Time a request waits for its batch",
+        self.queue_wait = Histogram("sdllm_queue_wait_seconds",
+                                    "Time from arrival until a request starts decoding",
                                     buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_rows = Histogram("sdllm_batch_rows", "Rows per engine batch",
-                                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.batch_rows = Histogram("sdllm_batch_rows", "Rows per engine batch (same-settings batching)",
+                                    buckets=ROW_BUCKETS, registry=r)
+        self.rows_per_forward = Histogram("sdllm_rows_per_forward",
+                                          "Rows fed to each batched model forward (continuous / serial "
+                                          "batching; the mean of a step's forwards)",
+                                          buckets=ROW_BUCKETS, registry=r)
+        self.rows_forwarded = Counter("sdllm_rows_forwarded", "Rows fed to model forwards, summed over "
+                                      "forwards (continuous / serial batching)", registry=r)
+        self.rows_in_flight = Gauge("sdllm_rows_in_flight", "Rows of the requests being decoded", registry=r)
+        self.kv_tokens_in_flight = Gauge("sdllm_kv_tokens_in_flight", "K/V positions held by the requests "
+                                         "being decoded (continuous / serial batching)", registry=r)
         self.prompt_tokens = Counter("sdllm_prompt_tokens", "Prompt tokens of served requests", registry=r)
         self.generated_tokens = Counter("sdllm_generated_tokens", "Completion tokens returned", registry=r)
         self.forward_passes = Counter("sdllm_forward_passes", "Model forward passes (nfe)", registry=r)

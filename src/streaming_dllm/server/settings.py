@@ -11,6 +11,11 @@ from dataclasses import dataclass, field, fields
 
 from ..config import MAX_GEN_LENGTH, PRESETS, DecodeConfig, gen_length_for
 
+BATCHING = ("continuous", "same-settings", "serial")
+"""Worker modes: continuous batching (any settings share each step), batches of identical
+settings run to their end, or one request at a time (for measurement)."""
+POLICIES = ("split", "joint")
+
 
 class SettingsError(ValueError):
     """A server setting out of its bounds; ``field`` names the setting (a ``Limits`` field,
@@ -33,6 +38,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "max_stop": (0, 64),
     "max_stop_chars": (1, 4096),
     "max_batch_size": (1, 1024),
+    "max_rows_in_flight": (1, 4096),
+    "max_kv_tokens": (1, 1 << 31),
     "max_queue": (0, 100_000),
     "batch_wait_ms": (0, 10_000),
     "body_timeout_s": (0.1, 3600),
@@ -47,8 +54,11 @@ class Limits:
     """Bounds enforced on every request; a request outside them is rejected, never clipped.
 
     ``default_max_tokens`` (None = min(128, max_tokens)) applies to requests that give none.
-    Concurrency is bounded by ``max_batch_size`` rows decoding plus ``max_queue`` requests
-    waiting; a request that finds the queue full is answered 429 at once. ``body_timeout_s`` is
+    ``max_batch_size`` bounds one request's rows (prompts x n) and, in same-settings batching, a
+    batch's rows. In continuous batching ``max_rows_in_flight`` rows and ``max_kv_tokens``
+    K/V positions (rows x (prompt + generation) of every running request) bound what decodes
+    at once; a lone request is always admitted. ``max_queue`` requests may wait; one more is
+    answered 429 at once. ``body_timeout_s`` is
     the longest a client may pause while sending its body (408 beyond). Each limit has the
     range ``BOUNDS`` gives.
     """
@@ -62,6 +72,8 @@ class Limits:
     max_stop: int = 4
     max_stop_chars: int = 64
     max_batch_size: int = 16
+    max_rows_in_flight: int = 64
+    max_kv_tokens: int = 1 << 17
     max_queue: int = 64
     batch_wait_ms: float = 5.0
     body_timeout_s: float = 30.0
@@ -104,6 +116,8 @@ class ServerSettings:
     ``method_overrides`` are knobs set for the default method only (e.g. ``--window``);
     ``shared_overrides`` apply to every method a request may pick (e.g. ``--block-length``).
     ``base`` (``--preset-file``) replaces the default method's preset, e.g. a config ``tune`` chose.
+    ``batching`` picks the worker (``BATCHING``); ``batch_policy`` is the continuous engine's
+    grouping of long (block start) and short (in-block) forwards (``engine.scheduler``).
     """
 
     model_name: str = "builtin"
@@ -113,6 +127,8 @@ class ServerSettings:
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
     base: DecodeConfig | None = None
+    batching: str = "continuous"
+    batch_policy: str = "split"
 
     def decode_config(self, method: str | None = None, knobs: dict | None = None,
                       max_tokens: int = 1) -> DecodeConfig:
@@ -138,6 +154,10 @@ class ServerSettings:
 
     def validate(self) -> None:
         """Fail at start-up, not on the first request, when the defaults break a rule."""
+        if self.batching not in BATCHING:
+            raise SettingsError("batching", f"must be one of {list(BATCHING)}, got {self.batching!r}")
+        if self.batch_policy not in POLICIES:
+            raise SettingsError("batch_policy", f"must be one of {list(POLICIES)}, got {self.batch_policy!r}")
         if self.method not in PRESETS:
             raise SettingsError("method", f"unknown method {self.method!r}; choose one of {sorted(PRESETS)}")
         unknown = set(self.limits.methods) - set(PRESETS)
