@@ -64,7 +64,10 @@ class EngineLoop:
         self._waiting: set[Job] = set()  # accepted, not decoding yet: what max_queue bounds
         self._cv = threading.Condition()
         self._stopping = False
-        self._tracks: dict[Job, _Track] = {}  # the engine thread's alone
+        self._dead = False  # the engine thread has left its loop: nothing queued now would run
+        self._cancels = False  # a job was cancelled: prune the schedulers' queues at the next step
+        self._tracks: dict[Job, _Track] = {}  # the engine thread's alone, like _unstarted
+        self._unstarted: list[_Track] = []
         self._thread = threading.Thread(target=self._work, name="sdllm-engine", daemon=True)
         self.running = 0
 
@@ -101,7 +104,7 @@ class EngineLoop:
         with self._cv:
             if self._stopping:
                 raise shutting_down()
-            if not self._thread.is_alive():
+            if self._dead or not self._thread.is_alive():
                 raise worker_stopped()
             if len(self._waiting) >= self.limits.max_queue:
                 self.metrics.rejected.inc()
@@ -114,6 +117,7 @@ class EngineLoop:
     def cancel(self, job: Job) -> None:
         """The job is no longer wanted: drop it from the inbox, or free its rows at the next step."""
         job.cancelled = True
+        self._cancels = True
         with self._cv:
             if job in self._inbox:
                 self._inbox.remove(job)
@@ -126,6 +130,7 @@ class EngineLoop:
             self._serve()
         finally:  # stopped or killed: nobody will decode what is left
             with self._cv:
+                self._dead = True
                 left = list(self._inbox)
                 self._inbox.clear()
             error = shutting_down() if self._stopping else APIError(
@@ -161,6 +166,8 @@ class EngineLoop:
         track.solo = track.solo or solo
         track.sched = self.solo if track.solo else self.main
         self._tracks[track.job] = track
+        if not track.started:
+            self._unstarted.append(track)
         try:
             track.handle = track.sched.submit(plan.rows, plan.cfg, plan.seeds,
                                               cancelled=lambda: self._unwanted(track), tag=track)
@@ -174,7 +181,8 @@ class EngineLoop:
 
     def _step(self, solo: bool) -> None:
         sched = self.solo if solo else self.main
-        self._prune(sched)
+        if self._cancels:
+            self._prune()
         forwards, rows = sched.forwards, sched.rows_forwarded
         try:
             events = sched.step()
@@ -194,20 +202,29 @@ class EngineLoop:
                 log.exception("engine event of a request failed")
                 self._end(track, Failed(exc))
 
-    def _prune(self, sched: Scheduler) -> None:
+    def _prune(self) -> None:
         """Drop queued requests nobody waits for any more, before they take a place."""
-        for h in [h for h in sched.waiting if h.cancelled is not None and h.cancelled()]:
-            sched.waiting.remove(h)
-            self._end(h.tag, None)
+        self._cancels = False
+        for sched in (self.main, self.solo):
+            for h in [h for h in sched.waiting if h.cancelled is not None and h.cancelled()]:
+                sched.waiting.remove(h)
+                self._end(h.tag, None)
 
     def _mark_started(self, sched: Scheduler) -> None:
-        now = time.perf_counter()
-        for track in self._tracks.values():
-            if track.sched is sched and not track.started and track.handle.run is not None:
-                track.started, track.job.started = True, now
-                self.metrics.queue_wait.observe(now - track.job.enqueued)
-                with self._cv:
-                    self._waiting.discard(track.job)
+        """Requests the step admitted leave the queue (``max_queue``): observe their wait."""
+        now, left = time.perf_counter(), []
+        for track in self._unstarted:
+            if self._tracks.get(track.job) is not track or track.started:
+                continue
+            if track.sched is not sched or track.handle is None or track.handle.run is None:
+                left.append(track)
+                continue
+            track.started, track.job.started = True, now
+            self.metrics.queue_wait.observe(now - track.job.enqueued)
+            with self._cv:
+                self._waiting.discard(track.job)
+                self.metrics.queue_depth.set(len(self._waiting))
+        self._unstarted = left
 
     def _on_event(self, track: _Track, event: Event) -> None:
         job = track.job
