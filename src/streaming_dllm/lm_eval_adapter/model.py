@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import defaultdict
 from typing import Any
 
 import lm_eval.models  # noqa: F401  (registers the built-in models first; they stay resolvable)
@@ -28,6 +27,7 @@ from lm_eval.api.registry import register_model
 
 from ..config import FIELDS, PRESETS, ConfigError, DecodeConfig
 from ..engine import generate
+from ..engine.scheduler import Scheduler
 from ..loading import load_model, load_tokenizer
 from ..text import answer_ids, stop_ids
 from .loglikelihood import mc_loglikelihood
@@ -263,41 +263,44 @@ class StreamingDLLMEval(LM):
         from tqdm import tqdm
 
         results: list[str | None] = [None] * len(requests)
-        groups: dict[str, list[int]] = defaultdict(list)
         prepared = []
-        for i, req in enumerate(requests):
+        for req in requests:
             context, gen_kwargs = req.args[0], dict(req.args[1] or {})
             cfg, max_toks = self._request_config(gen_kwargs)
             until = gen_kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
             prepared.append((self.tok_encode(context), cfg, max_toks, until))
-            groups[cfg.key()].append(i)
 
         totals = {"samples": 0, "tokens": 0, "seconds": 0.0, "nfe": 0, "row_nfe": 0, "tokens_fed": 0}
         bar = tqdm(
             total=len(requests), disable=disable_tqdm or self._rank != 0, desc="streaming-dllm generate"
         )
-        for idx in groups.values():
-            idx.sort(key=lambda i: -len(prepared[i][0]))  # similar lengths share a batch: less padding
-            for s in range(0, len(idx), self.batch_size):
-                chunk = idx[s : s + self.batch_size]
-                cfg = prepared[chunk[0]][1]
-                t0 = time.perf_counter()
-                out = generate(self.model, [prepared[i][0] for i in chunk], cfg)
-                if self._device.type == "cuda":
-                    torch.cuda.synchronize(self._device)
-                totals["seconds"] += time.perf_counter() - t0
-                totals["nfe"] += out.nfe
-                totals["row_nfe"] += sum(out.row_nfe)
+        # Continuous batching: up to batch_size requests decode together whatever their settings;
+        # each answer equals the request decoded alone.
+        sched = Scheduler(self.model, max_rows=self.batch_size, max_queue=max(len(requests), 1))
+        order = sorted(range(len(requests)), key=lambda i: -len(prepared[i][0]))
+        owner = {sched.submit([prepared[i][0]], prepared[i][1]).id: i for i in order}
+        t0 = time.perf_counter()
+        while sched.busy():
+            for ev in sched.step():
+                if ev.kind == "failed":
+                    raise ev.error
+                if ev.kind != "done":
+                    continue
+                i, out = owner[ev.handle.id], ev.output
+                _, _, max_toks, until = prepared[i]
+                text, n_tok = self._finish(out.generated(0), max_toks, until)
+                results[i] = text
+                totals["tokens"] += n_tok
+                totals["samples"] += 1
+                totals["row_nfe"] += out.nfe
                 totals["tokens_fed"] += sum(out.tokens_fed)
-                for r, i in enumerate(chunk):
-                    _, _, max_toks, until = prepared[i]
-                    text, n_tok = self._finish(out.generated(r), max_toks, until)
-                    results[i] = text
-                    totals["tokens"] += n_tok
-                    totals["samples"] += 1
-                    self.cache_hook.add_partial("generate_until", requests[i].args, text)
-                bar.update(len(chunk))
+                self.cache_hook.add_partial("generate_until", requests[i].args, text)
+                bar.update(1)
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+        totals["seconds"] = time.perf_counter() - t0
+        totals["nfe"] = sched.forwards
         bar.close()
         self._report(totals)
         return [r if r is not None else "" for r in results]
