@@ -7,6 +7,7 @@ batched forward, a failed engine step, a dead engine thread and a full queue sta
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -25,6 +26,10 @@ from streaming_dllm.engine.scheduler import Scheduler
 from streaming_dllm.server import Limits, ServerSettings
 from streaming_dllm.server.cli import add_serve_parser, settings_from_args
 from streaming_dllm.server.engine_loop import EngineLoop
+from streaming_dllm.server.errors import APIError
+from streaming_dllm.server.jobs import Failed, Job
+from streaming_dllm.server.metrics import Metrics
+from streaming_dllm.server.requests import Plan
 
 MODEL = "builtin"
 QUESTIONS = ["Tom has 12 apples. Tom finds 7 more apples. How many apples does Tom have now?",
@@ -359,6 +364,39 @@ def test_full_queue_is_429_and_rows_are_bounded(model_tok):
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "queue_full"
         assert httpx.get(srv.url + "/metrics").text.count("sdllm_rows_in_flight 1.0") == 1
         assert pending.result().status_code == 200 and waiting.result().status_code == 200
+
+
+def test_shutdown_answers_running_and_queued_requests_503(model_tok):
+    """Stopping the engine: the running request and the queued one get 503 shutting_down, and a
+    new one is refused at once."""
+    model, tok = model_tok
+    limits = Limits(max_tokens=128, max_block_length=128, max_rows_in_flight=1)
+    cfg = ServerSettings(limits=limits).decode_config("vanilla", {"block_length": 128}, 128)
+    ids = tok(PROMPTS[0], add_special_tokens=False)["input_ids"]
+
+    async def run() -> list:
+        loop = asyncio.get_running_loop()
+        engine = EngineLoop(model, limits, Metrics(), set())
+        engine.start()
+        jobs = [Job(Plan([ids], 1, cfg, 128, [], [0]), loop) for _ in range(2)]
+        for job in jobs:
+            engine.submit(job)
+        while engine.running == 0:
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(engine.stop)
+        with pytest.raises(APIError) as refused:
+            engine.submit(Job(Plan([ids], 1, cfg, 128, [], [0]), loop))
+        assert refused.value.status == 503 and not engine.alive
+        events = []
+        for job in jobs:
+            event = await asyncio.wait_for(job.events.get(), 10)
+            while not isinstance(event, Failed):
+                event = await asyncio.wait_for(job.events.get(), 10)
+            events.append(event.error)
+        return events
+
+    errors = asyncio.run(run())
+    assert [(e.status, e.code) for e in errors] == [(503, "shutting_down")] * 2
 
 
 def test_engine_logs_no_traceback_for_a_normal_load(server, caplog):
