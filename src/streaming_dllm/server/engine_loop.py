@@ -194,8 +194,8 @@ class EngineLoop:
         self._mark_started(sched)
         for event in events:
             track = event.handle.tag
-            if self._tracks.get(track.job) is not track:
-                continue
+            if self._tracks.get(track.job) is not track or event.handle is not track.handle:
+                continue  # a request that already ended, or moved on to be decoded alone
             try:
                 self._on_event(track, event)
             except Exception as exc:  # a bug reading one request's event fails that request only
