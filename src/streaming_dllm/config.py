@@ -247,7 +247,11 @@ class DecodeConfig:
         if name not in PRESETS:
             raise ConfigError("method", f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         _check_fields(overrides)
-        return cls(**{**PRESETS[name], **overrides, "preset_name": name})
+        fields = {**PRESETS[name], **overrides, "preset_name": name}
+        sub, block = fields.get("sub_block_length"), fields.get("block_length", 32)
+        if sub and "sub_block_length" not in overrides and _is_int(block) and block > 0 and block % sub:
+            fields["sub_block_length"] = None  # the preset's sub-blocks do not fit the chosen block
+        return cls(**fields)
 
 
 def gen_length_for(max_tokens: int, block_length: int) -> int:

@@ -13,6 +13,7 @@ from .options import (
     check_model_args,
     check_token_ids,
     config_from_args,
+    fit_to_model,
     load_from_args,
     presets_text,
     read_stdin_text,
@@ -47,6 +48,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from ..text import answer_ids, encode_prompt, stop_ids
 
     model, tok = load_from_args(args)
+    cfg = fit_to_model(cfg, model, args)
     check_token_ids(model, cfg)
     ids = encode_prompt(tok, prompt, chat=False if args.no_chat_template else None)
     check_context(model, len(ids), cfg, prompt_flag)

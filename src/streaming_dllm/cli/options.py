@@ -14,7 +14,7 @@ import re
 import sys
 from typing import Any
 
-from ..config import FIELDS, PRESETS, ConfigError, DecodeConfig
+from ..config import FIELDS, PRESETS, ConfigError, DecodeConfig, gen_length_for
 
 _KNOBS: list[tuple[str, Any, str]] = [
     ("gen_length", int, "tokens to generate after the prompt (multiple of --block-length)"),
@@ -101,6 +101,26 @@ def base_from_file(path: str) -> DecodeConfig:
         return load_config(path)
     except ConfigError as exc:
         raise ConfigError("preset_file", f"{exc}") from None
+
+
+def fit_to_model(cfg: DecodeConfig, model: Any, args: argparse.Namespace) -> DecodeConfig:
+    """A block-diffusion checkpoint decodes in the block size it was trained with (its
+    ``block_size``) unless ``--block-length`` or a preset file says otherwise: blocks of 32 on a
+    model trained with blocks of 4 give wrong answers (builtin-bd: 7.8% instead of 90.8%)."""
+    if hasattr(args, "block_length") or getattr(args, "preset_file", None) is not None:
+        return cfg
+    return in_trained_blocks(cfg, model)
+
+
+def in_trained_blocks(cfg: DecodeConfig, model: Any) -> DecodeConfig:
+    """``cfg`` in the block size a block-causal model declares (gen_length rounded up to whole
+    blocks, a sub-block length that no longer divides dropped); other models: ``cfg`` as is."""
+    size = getattr(model, "block_size", None)
+    if not (model.traits.block_causal and size) or cfg.block_length == size:
+        return cfg
+    sub = cfg.sub_block_length
+    return cfg.replace(block_length=size, gen_length=gen_length_for(cfg.gen_length, size), steps=None,
+                       sub_block_length=sub if sub and size % sub == 0 else None)
 
 
 def presets_text(**defaults: Any) -> str:

@@ -25,6 +25,7 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
+from ..cli.options import in_trained_blocks
 from ..config import FIELDS, PRESETS, ConfigError, DecodeConfig
 from ..engine import generate
 from ..engine.scheduler import Scheduler
@@ -143,6 +144,9 @@ class StreamingDLLMEval(LM):
             self.model, trust_remote_code=_as_bool("trust_remote_code", trust_remote_code)
         )
         self._device = self.model.device
+        if "block_length" not in decode_overrides and not preset and not preset_file:
+            # A block-diffusion checkpoint decodes in the block size it was trained with.
+            self.decode_config = in_trained_blocks(self.decode_config, self.model)
         self.pretrained = str(pretrained)
         self.batch_size = self._parse_batch_size(batch_size, max_batch_size)
         self.mc_num, self.mc_batch_size = int(mc_num), int(mc_batch_size)

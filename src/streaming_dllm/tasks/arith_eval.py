@@ -127,6 +127,7 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> None:
         check_model_args,
         check_token_ids,
         config_from_args,
+        fit_to_model,
         load_from_args,
     )
 
@@ -154,6 +155,7 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_from_args(args)
+    config = fit_to_model(config, model, args)
     check_token_ids(model, config)
     check_context(model, max(map(len, encode_prompts(tokenizer, problems))), config, "--split")
     result = evaluate(model, tokenizer, problems, config, args.batch_size, progress=not args.no_progress)
