@@ -98,11 +98,38 @@ def plan_sizes(
     return Plan(budget_s, baseline_s, streaming_s, n_dev, n_held, reserve)
 
 
-def _calibrate(m: Measurer, task: TuneTask, base: Candidate, anchor: Candidate) -> tuple[float, float]:
-    """Seconds of one baseline and one ``streaming`` decode (of the first dev prompt)."""
-    b = m.measure("dev", 0, task.dev[0], base.label, base.config)
-    s = m.measure("dev", 0, task.dev[0], anchor.label, anchor.config)
-    return b.share, s.share
+CALIBRATION = 3
+"""Dev prompts decoded by the baseline and ``streaming`` to price a decode (the search reuses them)."""
+
+
+def _calibrate(
+    m: Measurer, task: TuneTask, base: Candidate, anchor: Candidate, budget_s: float
+) -> tuple[float, float]:
+    """Mean seconds of a baseline and a ``streaming`` decode, on up to ``CALIBRATION`` dev prompts
+    (one decode is a poor price on a loaded machine; the search reuses them), fewer once they have
+    taken 5% of the budget."""
+    b, s = [], []
+    for i, item in enumerate(task.dev[: max(1, CALIBRATION)]):
+        if b and sum(b) + sum(s) > 0.05 * budget_s:
+            break
+        b.append(m.measure("dev", i, item, base.label, base.config).share)
+        s.append(m.measure("dev", i, item, anchor.label, anchor.config).share)
+    return sum(b) / len(b), sum(s) / len(s)
+
+
+HELD_OUT_MARGIN = 0.9
+"""Share of the time left after the search that the held-out check may plan to use."""
+
+
+def held_out_size(m: Measurer, plan: Plan, trio: list[Candidate], time_left_s: float) -> int:
+    """Held-out prompts for the time left: the plan's, or more when the dev decodes of the three
+    configs (the baseline first) show that more fit. Decided from times only, never from results."""
+    per = 0.0
+    for cand in trio:  # a config without dev decodes is priced as the baseline's calibration decode
+        samples = m.result("dev", cand.label, cand.config).samples
+        per += sum(s.share for s in samples) / len(samples) if samples else plan.baseline_s
+    fit = int(HELD_OUT_MARGIN * time_left_s / max(per, 1e-9))
+    return max(plan.n_held_out, min(fit, len(m.task.held_out), MAX_SAMPLES))
 
 
 def _search(
@@ -117,15 +144,17 @@ def _search(
     """Calibrate, plan, search the dev split, check the winner (or the baseline) on held-out prompts."""
     task = m.task
     anchor = next(c for c in pool if c.label == "streaming")
-    plan = plan_sizes(task, budget_s, *_calibrate(m, task, base, anchor))
+    plan = plan_sizes(task, budget_s, *_calibrate(m, task, base, anchor, budget_s))
     deadline = start + plan.budget_s - plan.reserve_s
     search_s = max(0.0, deadline - time.perf_counter() - plan.n_dev * plan.baseline_s)
     pool = affordable(
         pool, anchor, plan.streaming_s, search_s, min(8, plan.n_dev), planned_rounds(plan.n_dev)
     )
-    state = successive_halving(m, task.dev, base, pool, eps, plan.n_dev, deadline, bar.tick)
+    state = successive_halving(m, task.dev, base, pool, eps, plan.n_dev, deadline, bar.tick, anchor)
     chosen, verdict = best(m, base, state, eps)
     chosen = chosen or base
+    trio = [base, chosen] + ([anchor] if anchor.config.key() != chosen.config.key() else [])
+    plan.n_held_out = held_out_size(m, plan, trio, start + plan.budget_s - time.perf_counter())
     held = held_out_check(m, task.held_out[: plan.n_held_out], base, chosen, anchor, eps, bar.tick)
     return plan, state, chosen, verdict, held
 

@@ -10,6 +10,7 @@ from ..bench.metrics import paired_speedup, throughput
 from .measure import Measurer
 from .rule import Verdict, judge
 from .space import Candidate
+from .speed import relative_speed
 from .tasks import Item
 
 
@@ -22,6 +23,9 @@ class HeldOut:
     streaming: Verdict | None
     speedup_vs_streaming: float | None
     speedup_vs_baseline: float | None
+    relative_vs_streaming: float | None = None
+    """``speed.relative_speed`` against ``streaming``: the median per-prompt time ratio, times the
+    tokens ratio (robust to bursts of load; ``speedup_vs_streaming`` is the bench's summed ratio)."""
 
 
 def held_out_check(
@@ -33,11 +37,12 @@ def held_out_check(
     epsilon: float,
     tick: Callable[[str], None],
 ) -> HeldOut:
-    """Decode ``items`` with the three configs, interleaved prompt by prompt (order rotating)."""
-    trio = [baseline, chosen] + ([streaming] if streaming.config.key() != chosen.config.key() else [])
+    """Decode ``items`` with the three configs prompt by prompt: the baseline, then the chosen
+    config and ``streaming`` back to back (their order alternating), so the two fast configs
+    whose speeds are compared meet the same load."""
+    pair = [chosen] + ([streaming] if streaming.config.key() != chosen.config.key() else [])
     for i, item in enumerate(items):
-        k = i % len(trio)
-        for cand in trio[k:] + trio[:k]:
+        for cand in [baseline, *(pair if i % 2 == 0 else pair[::-1])]:
             m.measure("held_out", i, item, cand.label, cand.config)
             tick(f"held-out {cand.label}")
     base = m.result("held_out", baseline.label, baseline.config)
@@ -51,4 +56,5 @@ def held_out_check(
         streaming=judge(ref, base, epsilon),
         speedup_vs_streaming=paired_speedup(mine, ref),
         speedup_vs_baseline=paired_speedup(mine, base),
+        relative_vs_streaming=relative_speed(mine, ref),
     )

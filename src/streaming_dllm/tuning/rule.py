@@ -61,8 +61,9 @@ def judge(result: MethodResult, baseline: MethodResult, epsilon: float) -> Verdi
     return Verdict(status, d["n"], d["delta"], lo, hi, acc, 0.0 if math.isnan(tok_s) else tok_s, per)
 
 
-def rank_key(v: Verdict | None) -> tuple[int, int, float]:
-    """Sort key, best first when reversed: acceptable before not, confirmed first, then speed."""
+def rank_key(v: Verdict | None, speed: float | None = None) -> tuple[int, int, float]:
+    """Sort key, best first when reversed: acceptable before not, confirmed first, then speed
+    (``speed``, relative to a reference decoded alongside, when given; else the verdict's tokens/s)."""
     if v is None:
         return (0, 0, 0.0)
-    return (int(v.ok), int(v.status == "confirmed"), v.tok_s)
+    return (int(v.ok), int(v.status == "confirmed"), v.tok_s if speed is None else speed)

@@ -4,7 +4,10 @@ Full-attention families (LLaDA, Dream) search the suffix window W (None = the wh
 dynamic threshold's tau0 and alpha, the block length, the cache mode and early exit. Block-diffusion
 families feed no suffix and fix the block length to the model's own, so only the threshold, the
 cache mode and early exit remain. The named fast presets are always candidates, so the search
-can at worst return one of them.
+can at worst return one of them, and so are the ``streaming`` preset's fast neighbours (dual cache,
+a larger block, a higher tau0 with a smaller alpha, a wider or narrower window): on a small model
+those are the configurations that can match the baseline's answers at the preset's speed, and a
+random sample of the grid rarely holds them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,26 @@ BLOCKS = (8, 16, 32, 64)
 CACHES = ("prefix", "dual")
 EARLY_EXIT = (True, False)
 ANCHORS = ("streaming", "streaming-dual", "fast-dllm", "fast-dllm-dual")
+NEIGHBOURS: tuple[dict[str, object], ...] = tuple(
+    {"cache": "dual", "window": w, "alpha": a, "threshold": t, "block_length": b}
+    for w, a, t, b in (
+        (32, 0.0, 0.9, 32),
+        (32, 0.0, 0.95, 32),
+        (32, 0.1, 0.95, 32),
+        (32, 0.3, 0.95, 32),
+        (32, 0.2, 0.85, 32),
+        (16, 0.0, 0.95, 32),
+        (16, 0.1, 0.9, 32),
+        (64, 0.0, 0.95, 32),
+        (64, 0.1, 0.9, 32),
+        (None, 0.0, 0.95, 32),
+        (32, 0.3, 0.95, 64),
+        (32, 0.0, 0.95, 64),
+        (64, 0.3, 0.95, 64),
+        (16, 0.2, 0.9, 64),
+    )
+) + ({"threshold": 0.95, "alpha": 0.1}, {"window": 16, "threshold": 0.95, "alpha": 0.1})
+"""Changes to the ``streaming`` preset tried on every full-attention model, before the random sample."""
 KNOBS = ("window", "alpha", "threshold", "block_length", "cache", "early_exit")
 """The fields the search varies (the report's table columns)."""
 
@@ -30,6 +53,8 @@ KNOBS = ("window", "alpha", "threshold", "block_length", "cache", "early_exit")
 class Candidate:
     label: str
     config: DecodeConfig
+    seeded: bool = False
+    """An anchor or a neighbour of ``streaming``: tried before the random sample when time is short."""
 
 
 def label(cfg: DecodeConfig) -> str:
@@ -86,14 +111,32 @@ def _anchor(name: str, base: DecodeConfig, block_causal: bool) -> DecodeConfig:
     return DecodeConfig.preset(name, **fields)
 
 
+def neighbours(streaming: DecodeConfig, block_causal: bool = False) -> list[DecodeConfig]:
+    """``NEIGHBOURS`` applied to the ``streaming`` anchor (block lengths that do not divide
+    gen_length are skipped; a block-causal family keeps its block length and feeds no suffix)."""
+    out = []
+    for change in NEIGHBOURS:
+        fields = dict(change, preset_name=None)
+        if block_causal:
+            fields.update(window=None, block_length=streaming.block_length)
+        if streaming.gen_length % int(fields.get("block_length", streaming.block_length)):
+            continue
+        out.append(streaming.replace(**fields))
+    return out
+
+
 def candidates(
     base: DecodeConfig, block_causal: bool = False, max_configs: int = 48, seed: int = 0
 ) -> list[Candidate]:
-    """The anchors plus a seeded sample of the grid, cheapest first, at most ``max_configs``."""
+    """The anchors, then ``streaming``'s neighbours, then a seeded sample of the grid, cheapest
+    first, at most ``max_configs``, no two alike."""
     anchors = [_anchor(n, base, block_causal) for n in ANCHORS]
-    seen = {c.key() for c in anchors}
-    grid = [c for c in _grid(base, block_causal) if c.key() not in seen]
-    picked = random.Random(seed).sample(grid, max(0, min(len(grid), max_configs - len(anchors))))
-    pool = [Candidate(c.preset_name or label(c), c) for c in anchors[:max_configs]]
+    chosen: dict[str, DecodeConfig] = {}
+    for c in anchors + neighbours(anchors[0], block_causal):
+        chosen.setdefault(c.key(), c)
+    fixed = list(chosen.values())[:max_configs]
+    grid = [c for c in _grid(base, block_causal) if c.key() not in chosen]
+    picked = random.Random(seed).sample(grid, max(0, min(len(grid), max_configs - len(fixed))))
+    pool = [Candidate(c.preset_name or label(c), c, seeded=True) for c in fixed]
     pool += [Candidate(label(c), c.replace(preset_name=None)) for c in picked]
     return sorted(pool, key=lambda c: cost(c.config))
