@@ -1,8 +1,13 @@
 """Runner of the hostile-input tables: each case is a real subprocess with a time limit.
 
-A case passes when the process exits with the documented code within ``TIME_LIMIT_S``, its stderr
+A case passes when the process exits with the documented code within the time limit, its stderr
 ends in one line that names the flag or file (``expect``), no traceback is printed, and its peak
 RSS stays under ``RSS_LIMIT_MB`` above a process that just loads the built-in model.
+
+The time limit is ``TIME_LIMIT_S`` (10 s), or three times that baseline process's own wall time
+when the machine is so loaded that merely starting Python, importing torch and loading the
+built-in model takes more than a third of it: a refusal must cost no more than start-up, and a
+busy shared machine must not turn that into a failure.
 """
 
 from __future__ import annotations
@@ -78,26 +83,36 @@ def run(argv: list[str], stdin: bytes = b"", env: dict[str, str] | None = None,
                    streams["err"].decode("utf-8", "replace"), seconds, usage.ru_maxrss / 1024)
 
 
-_BASELINE: list[float] = []
+_BASELINE: list[Outcome] = []
+
+
+def _baseline() -> Outcome:
+    """A process that imports the package and loads the built-in model (measured once)."""
+    if not _BASELINE:
+        code = "import streaming_dllm as sd; sd.load_tokenizer(sd.load_model('builtin'))"
+        _BASELINE.append(run([sys.executable, "-c", code], timeout=120))
+    return _BASELINE[0]
 
 
 def baseline_rss_mb() -> float:
     """Peak RSS of a process that imports the package and loads the built-in model."""
-    if not _BASELINE:
-        code = "import streaming_dllm as sd; sd.load_tokenizer(sd.load_model('builtin'))"
-        _BASELINE.append(run([sys.executable, "-c", code], timeout=120).peak_rss_mb)
-    return _BASELINE[0]
+    return _baseline().peak_rss_mb
+
+
+def time_limit_s() -> float:
+    """``TIME_LIMIT_S``, stretched on a machine too loaded to start the baseline in a third of it."""
+    return max(TIME_LIMIT_S, 3.0 * _baseline().seconds)
 
 
 def check(case: Case) -> Outcome:
     """Run a case and assert everything the table promises about it."""
-    base = baseline_rss_mb()
-    res = run(case.argv, case.stdin, case.env)
+    base, limit = baseline_rss_mb(), time_limit_s()
+    res = run(case.argv, case.stdin, case.env, timeout=limit)
     assert "Traceback" not in res.stderr, f"{case.name}: traceback\n{res.stderr[-2000:]}"
     assert res.rc == case.rc, f"{case.name}: rc {res.rc} != {case.rc}\n{res.stderr[-2000:]}"
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert lines, f"{case.name}: no message on stderr"
     assert case.expect in lines[-1], f"{case.name}: {case.expect!r} not in the last line {lines[-1]!r}"
-    assert res.seconds < TIME_LIMIT_S, f"{case.name}: took {res.seconds:.1f} s"
+    assert res.seconds < limit, f"{case.name}: took {res.seconds:.1f} s (limit {limit:.1f} s)"
     assert res.peak_rss_mb < base + RSS_LIMIT_MB, f"{case.name}: peak RSS {res.peak_rss_mb:.0f} MB"
     return res
