@@ -89,7 +89,7 @@ def _assert_same(model, reqs, outs):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("policy", ["split", "joint"])
+@pytest.mark.parametrize("policy", ["split", "joint", "buckets"])
 def test_concurrent_equals_solo_full_attention(tiny_models, seed, policy):
     rng = random.Random(seed)
     model = tiny_models["llada" if seed % 2 == 0 else "dream"]

@@ -9,7 +9,9 @@ reached by the caller, cancellation) leaves at once; waiting requests join at th
 
 Grouping (``policy``): ``split`` runs long forwards (a block start: the kept prefix) apart from
 short ones (in-block steps), so short rows never pay for the long ones; ``joint`` runs all ready
-forwards together. Batching changes speed, not answers: a run's tokens are its solo tokens.
+forwards together; ``buckets`` groups forwards whose fed and attended lengths are within
+``bucket_ratio`` of each other, so padding stays small (a padded position costs as much as a real
+one). Batching changes speed, not answers: a run's tokens are its solo tokens.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from ..models.base import DiffusionLM
 from .decoder import GenerateOutput, output_of, start_run
 from .run import BlockChunk, Forward, Run
 
-Policy = Literal["split", "joint"]
+Policy = Literal["split", "joint", "buckets"]
 
 
 class QueueFull(RuntimeError):
@@ -78,10 +80,12 @@ class Scheduler:
     """Continuous batching over one model (not thread-safe: one thread calls ``step``)."""
 
     def __init__(self, model: DiffusionLM, max_rows: int = 64, max_tokens: int = 1 << 20,
-                 max_queue: int = 1024, policy: Policy = "split", long_tokens: int = 128) -> None:
-        if policy not in ("split", "joint"):
-            raise ValueError(f"policy={policy!r}: must be 'split' or 'joint'")
+                 max_queue: int = 1024, policy: Policy = "buckets", long_tokens: int = 128,
+                 bucket_ratio: float = 1.5) -> None:
+        if policy not in ("split", "joint", "buckets"):
+            raise ValueError(f"policy={policy!r}: must be 'split', 'joint' or 'buckets'")
         self.model, self.policy, self.long_tokens = model, policy, long_tokens
+        self.bucket_ratio = bucket_ratio
         self.max_rows, self.max_tokens, self.max_queue = max_rows, max_tokens, max_queue
         self.waiting: deque[Handle] = deque()
         self.active: list[Handle] = []
@@ -184,6 +188,8 @@ class Scheduler:
             return []
         if self.policy == "joint":
             return [ready]
+        if self.policy == "buckets":
+            return _buckets(ready, self.bucket_ratio)
         long = [h for h in ready if h.pending.ids.shape[1] > self.long_tokens]
         short = [h for h in ready if h.pending.ids.shape[1] <= self.long_tokens]
         return [g for g in (short, long) if g]
@@ -196,6 +202,28 @@ class Scheduler:
             return [self.model(f.ids, f.positions, cache=f.cache, key_mask=f.key_mask,
                                logits_rows=f.logits_rows)]
         return batched_forward(self.model, forwards)
+
+
+def _shape(h: Handle) -> tuple[int, int]:
+    f = h.pending
+    n = f.ids.shape[1]
+    return n, n if f.cache is None else f.cache.next_keys(n)
+
+
+def _buckets(ready: list[Handle], ratio: float) -> list[list[Handle]]:
+    """Consecutive runs, by (fed, attended) length, whose largest fed and attended lengths are
+    within ``ratio`` of their smallest: each bucket is one forward with little padding."""
+    ordered = sorted(ready, key=_shape)
+    groups: list[list[Handle]] = []
+    lo = (0, 0)
+    for h in ordered:
+        n, k = _shape(h)
+        if groups and n <= ratio * lo[0] and k <= ratio * max(lo[1], 1):
+            groups[-1].append(h)
+        else:
+            groups.append([h])
+            lo = (n, k)
+    return groups
 
 
 def batched_forward(model: DiffusionLM, forwards: list[Forward]) -> list[torch.Tensor]:
