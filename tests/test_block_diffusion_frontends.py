@@ -39,6 +39,19 @@ def test_configs_follow_the_trained_block_size_unless_told(bd):
     assert (fitted.block_length, fitted.sub_block_length) == (4, None)
 
 
+def test_serve_uses_the_trained_block_size_unless_told(bd):
+    from streaming_dllm.server.cli import add_serve_parser, settings_for_model, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_serve_parser(parser.add_subparsers(dest="command"))
+    model, _ = bd
+    for argv, block in ((["--model", "builtin-bd"], 4),
+                        (["--model", "builtin-bd", "--block-length", "8"], 8)):
+        args = parser.parse_args(["serve", *argv])
+        settings = settings_for_model(settings_from_args(args), model, args)
+        assert settings.decode_config("streaming", {}).block_length == block
+
+
 def test_cli_generate_answers_with_the_default_method():
     out = subprocess.run([*CLI, "generate", "--model", "builtin-bd", "--prompt", QUESTION],
                          capture_output=True, text=True, timeout=300)

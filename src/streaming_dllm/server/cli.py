@@ -7,6 +7,7 @@ Wire into a CLI with ``add_serve_parser(subparsers)``; the parser's default ``fu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -121,6 +122,19 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     return settings
 
 
+def settings_for_model(settings: ServerSettings, model, args: argparse.Namespace) -> ServerSettings:
+    """A block-diffusion checkpoint is served in the block size it was trained with, unless
+    ``--block-length`` or ``--preset-file`` says otherwise (as ``generate`` does)."""
+    size = getattr(model, "block_size", None)
+    if args.block_length is not None or getattr(args, "preset_file", None) or not (
+            model.traits.block_causal and size):
+        return settings
+    shared = {**settings.shared_overrides, "block_length": size}
+    fitted = dataclasses.replace(settings, shared_overrides=shared)
+    fitted.validate()
+    return fitted
+
+
 def base_from_file(path: str):
     """The ``--preset-file`` config; an unreadable file or a bad field is one line naming both."""
     try:
@@ -159,6 +173,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_from_args(args)
+    settings = settings_for_model(settings, model, args)
     app = create_app(model, tokenizer, settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5,
                 timeout_keep_alive=args.timeout_keep_alive)
