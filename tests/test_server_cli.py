@@ -86,7 +86,10 @@ def _listeners(pid: int) -> list[tuple[str, int]]:
     """(address, port) of the listening TCP sockets of a process (Linux /proc)."""
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
-        target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:  # the server closed this descriptor after listdir read it
+            continue
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
     out = []
