@@ -10,12 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..kv_cache import KVCache
 from .base import DiffusionLM, FamilyTraits
-from .layers import RMSNorm, Rotary, attention
+from .layers import GatedMLP, RMSNorm, Rotary, attention
 
 
 class DreamAttention(nn.Module):
@@ -29,22 +28,11 @@ class DreamAttention(nn.Module):
         self.o_proj = nn.Linear(heads * hd, d, bias=False)
 
 
-class DreamMLP(nn.Module):
-    def __init__(self, d: int, hidden: int) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(d, hidden, bias=False)
-        self.up_proj = nn.Linear(d, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, d, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
 class DreamLayer(nn.Module):
     def __init__(self, d: int, heads: int, kv_heads: int, hidden: int, eps: float) -> None:
         super().__init__()
         self.self_attn = DreamAttention(d, heads, kv_heads)
-        self.mlp = DreamMLP(d, hidden)
+        self.mlp = GatedMLP(d, hidden)
         self.input_layernorm = RMSNorm(d, eps)
         self.post_attention_layernorm = RMSNorm(d, eps)
 

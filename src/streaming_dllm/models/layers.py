@@ -24,6 +24,20 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(dtype)
 
 
+class GatedMLP(nn.Module):
+    """SwiGLU feed-forward ``down(silu(gate(x)) * up(x))`` without biases, in the Qwen / Dream /
+    LLaDA2 weight names (``gate_proj``, ``up_proj``, ``down_proj``)."""
+
+    def __init__(self, d: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(d, hidden, bias=False)
+        self.up_proj = nn.Linear(d, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
 class Rotary(nn.Module):
     """Rotate-half RoPE; positions are explicit (may be non-contiguous).
 

@@ -18,8 +18,8 @@ from torch import nn
 
 from ..kv_cache import KVCache
 from .base import DiffusionLM, FamilyTraits
-from .layers import RMSNorm, Rotary, attention
-from .moe import GatedMLP, SparseMoE
+from .layers import GatedMLP, RMSNorm, Rotary, attention
+from .moe import SparseMoE
 
 DEFAULT_MASK_ID = 156895
 """``<|mask|>`` of the LLaDA2 tokenizer: the official ``generate`` default (configs lack it)."""

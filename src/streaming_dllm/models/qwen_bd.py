@@ -16,12 +16,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..kv_cache import KVCache
 from .base import DiffusionLM, FamilyTraits
-from .layers import RMSNorm, Rotary, attention
+from .layers import GatedMLP, RMSNorm, Rotary, attention
 
 
 class QwenAttention(nn.Module):
@@ -51,17 +50,6 @@ class QwenAttention(nn.Module):
         return self.o_proj(o.transpose(1, 2).reshape(b, n, -1))
 
 
-class QwenMLP(nn.Module):
-    def __init__(self, d: int, hidden: int) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(d, hidden, bias=False)
-        self.up_proj = nn.Linear(d, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, d, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
 class QwenLayer(nn.Module):
     """Pre-norm decoder layer: x + attn(norm(x)), then x + mlp(norm(x))."""
 
@@ -69,7 +57,7 @@ class QwenLayer(nn.Module):
                  qkv_bias: bool, qk_norm: bool) -> None:
         super().__init__()
         self.self_attn = QwenAttention(d, heads, kv_heads, hd, qkv_bias, eps if qk_norm else None)
-        self.mlp = QwenMLP(d, hidden)
+        self.mlp = GatedMLP(d, hidden)
         self.input_layernorm = RMSNorm(d, eps)
         self.post_attention_layernorm = RMSNorm(d, eps)
 
