@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 from server_helpers import served_checkpoint
 
-from streaming_dllm.server.cli import add_serve_parser, run_serve, settings_from_args
+from streaming_dllm.server.cli import add_serve_parser, serve_entry, settings_from_args
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -26,7 +26,7 @@ def parse(*argv: str) -> argparse.Namespace:
 def test_flags_become_settings():
     args = parse("--max-n", "2", "--window", "16", "--block-length", "8", "--api-key", "k",
                  "--max-queue", "3")
-    assert args.func is run_serve
+    assert args.func is serve_entry
     assert args.host == "127.0.0.1"
     s = settings_from_args(args)
     assert (s.limits.max_n, s.limits.max_queue, s.api_key) == (2, 3, "k")

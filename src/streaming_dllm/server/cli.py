@@ -1,7 +1,8 @@
 """``streaming-dllm serve``: argument parsing and start-up of the OpenAI-compatible server.
 
 Wire into a CLI with ``add_serve_parser(subparsers)``; the parser's default ``func`` is
-``run_serve(args)``. ``python -m streaming_dllm.server`` runs it stand-alone.
+``serve_entry(args)``: ``run_serve`` for one process, ``cluster.launch.run_serve_ray`` for
+``--replicas N``. ``python -m streaming_dllm.server`` runs it stand-alone.
 """
 
 from __future__ import annotations
@@ -37,18 +38,28 @@ _LIMIT_FLAGS = {
     "max_temperature": "largest temperature a request may ask for",
 }
 # Flags that are not limits of a request, with their (lowest, highest) values.
-_PROCESS_BOUNDS = {"port": (0, 65535), "threads": (1, 1024), "timeout_keep_alive": (1, 3600)}
+_PROCESS_BOUNDS = {"port": (0, 65535), "threads": (1, 1024), "timeout_keep_alive": (1, 3600),
+                   "replicas": (1, 256)}
 MAX_NAME_CHARS = 256
 
 
 def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``serve`` subcommand; its default ``func`` is ``run_serve``."""
+    """Add the ``serve`` subcommand; its default ``func`` is ``serve_entry``."""
     p = subparsers.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
                               description="OpenAI-compatible server: /v1/completions, /v1/chat/completions, "
                               "/v1/models, /health, /metrics.")
     _add_arguments(p)
-    p.set_defaults(func=run_serve)
+    p.set_defaults(func=serve_entry)
     return p
+
+
+def serve_entry(args: argparse.Namespace) -> int:
+    """``serve``: one process (``run_serve``), or ``--replicas N`` engine replicas on Ray Serve."""
+    if getattr(args, "replicas", None) is None:
+        return run_serve(args)
+    from ..cluster.launch import run_serve_ray
+
+    return run_serve_ray(args)
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
@@ -88,13 +99,21 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                        help=f"{text} (default {value}; {lo:g}..{hi:g})")
     g.add_argument("--timeout-keep-alive", type=int, default=5,
                    help="seconds an idle keep-alive connection is held open (default 5; 1..3600)")
-    p.add_argument("--threads", type=int, help="torch CPU threads, 1..1024 (default: torch's choice)")
+    p.add_argument("--threads", type=int, help="torch CPU threads, 1..1024 (default: torch's choice; with "
+                   "--replicas on CPU: the cores divided by the replicas)")
+    r = p.add_argument_group("replicas on Ray Serve (the [cluster] extra)")
+    r.add_argument("--replicas", type=int, default=None,
+                   help="serve N engine replicas behind one endpoint on Ray Serve, 1..256 (default: one "
+                   "process, no Ray); each replica owns a GPU, or on CPU a share of the cores")
+    r.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster (e.g. 'auto' or 'ray://head:10001'; default: start a local "
+                   "Ray instance)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
 def _check_process_flags(args: argparse.Namespace) -> None:
     for name, (lo, hi) in _PROCESS_BOUNDS.items():
-        value = getattr(args, name)
+        value = getattr(args, name, None)
         if value is not None and not lo <= value <= hi:
             raise ValueError(f"{flag(name)}: must be in [{lo}, {hi}], got {value}")
     name = args.served_model_name
@@ -184,6 +203,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m streaming_dllm.server")
     _add_arguments(parser)
     try:
-        return run_serve(parser.parse_args(argv))
+        return serve_entry(parser.parse_args(argv))
     except (ValueError, MissingExtra) as exc:  # a flag out of bounds, a checkpoint that cannot be loaded
         parser.exit(2, f"error: {exc}\n")
