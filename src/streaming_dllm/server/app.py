@@ -67,7 +67,7 @@ class _MetricsMiddleware:
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
 
-async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes, and with 408
     when the client sends nothing for ``timeout_s`` seconds (a stalled client frees its slot).
     A client that disconnects mid-body is answered 499 (nobody reads it), not a server error."""
@@ -95,6 +95,22 @@ async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     return b"".join(parts)
 
 
+def check_api_key(key: str | None, header: str) -> None:
+    """Refuse (401) an ``Authorization`` header that does not carry ``Bearer <key>``; no key: open."""
+    if not key:
+        return
+    scheme, _, token = header.strip().partition(" ")
+    if scheme and scheme.lower() != "bearer":
+        shown = scheme if len(scheme) <= 20 and scheme.isprintable() else scheme[:20] + "..."
+        raise APIError(401, f"authorization: wrong scheme {shown!r} (the Bearer key is missing); send "
+                       "'Authorization: Bearer <key>'", param="authorization", code="wrong_auth_scheme")
+    if not token.strip():
+        raise APIError(401, "authorization: missing API key; send 'Authorization: Bearer <key>'",
+                       param="authorization", code="missing_api_key")
+    if not hmac.compare_digest(token.strip().encode(), key.encode()):
+        raise APIError(401, "authorization: invalid API key", param="authorization", code="invalid_api_key")
+
+
 def _sse(obj: dict[str, Any] | str) -> str:
     return f"data: {obj if isinstance(obj, str) else json.dumps(obj, separators=(',', ':'))}\n\n"
 
@@ -119,21 +135,14 @@ class _Service:
         self.created = int(time.time())
 
     def check_auth(self, request: Request) -> None:
-        key = self.settings.api_key
-        if not key:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.strip().partition(" ")
-        if scheme and scheme.lower() != "bearer":
-            shown = scheme if len(scheme) <= 20 and scheme.isprintable() else scheme[:20] + "..."
-            raise APIError(401, f"authorization: wrong scheme {shown!r} (the Bearer key is missing); send "
-                           "'Authorization: Bearer <key>'", param="authorization", code="wrong_auth_scheme")
-        if not token.strip():
-            raise APIError(401, "authorization: missing API key; send 'Authorization: Bearer <key>'",
-                           param="authorization", code="missing_api_key")
-        if not hmac.compare_digest(token.strip().encode(), key.encode()):
-            raise APIError(401, "authorization: invalid API key", param="authorization",
-                           code="invalid_api_key")
+        check_api_key(self.settings.api_key, request.headers.get("authorization", ""))
+
+    def health(self) -> tuple[dict[str, Any], int]:
+        """``/health``'s body and status: 503 once the decoding worker has stopped."""
+        alive = self.worker.alive
+        body = {"status": "ok" if alive else "worker stopped", "model": self.settings.model_name,
+                "queued": self.worker.queued, "running": self.worker.running}
+        return body, 200 if alive else 503
 
     def model_card(self) -> dict[str, Any]:
         return {"id": self.settings.model_name, "object": "model", "created": self.created,
@@ -142,7 +151,7 @@ class _Service:
     async def handle(self, request: Request, chat: bool) -> Response:
         self.check_auth(request)
         lim = self.settings.limits
-        raw = await _read_body(request, lim.max_body_bytes, lim.body_timeout_s)
+        raw = await read_body(request, lim.max_body_bytes, lim.body_timeout_s)
         if chat:
             req = parse_body(raw, ChatCompletionRequest)
             plan = self.translator.chat(req)
@@ -263,10 +272,8 @@ def create_app(model, tokenizer, settings: ServerSettings | None = None) -> Fast
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        alive = svc.worker.alive
-        body = {"status": "ok" if alive else "worker stopped", "model": settings.model_name,
-                "queued": svc.worker.queued, "running": svc.worker.running}
-        return JSONResponse(body, status_code=200 if alive else 503)
+        body, status = svc.health()
+        return JSONResponse(body, status_code=status)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:

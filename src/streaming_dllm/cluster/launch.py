@@ -1,0 +1,104 @@
+"""``streaming-dllm serve --replicas N``: start (or join) Ray, deploy the gateway and N engine
+replicas on Ray Serve, and serve until interrupted.
+
+Every flag is checked before Ray starts, with the single server's rules (``settings_from_args``);
+the replicas then load the model exactly as ``serve`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+from ..cli.options import require_extra
+from ..server.cli import settings_from_args
+
+log = logging.getLogger("streaming_dllm.cluster")
+APP_NAME = "streaming-dllm"
+BOARD_NAME = "replica-board"
+_GATEWAY_SLACK = 64
+_OBJECT_STORE_BYTES = 256 * 1024**2
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def replica_resources(args: argparse.Namespace, cores: int) -> tuple[dict[str, Any], int | None]:
+    """(Ray actor options of one replica, its torch threads): a GPU each when the device is CUDA
+    (or unset with CUDA present), else an equal share of the cores."""
+    import torch
+
+    device = str(getattr(args, "device", None) or "")
+    if device.startswith("cuda") or (not device and torch.cuda.is_available()):
+        return {"num_cpus": 1, "num_gpus": 1}, args.threads
+    share = cores / args.replicas
+    return {"num_cpus": share}, args.threads or max(1, int(share))
+
+
+def _check(args: argparse.Namespace) -> None:
+    settings_from_args(args)
+    if args.port == 0:
+        raise ValueError("--port: give a port with --replicas (Ray Serve cannot bind port 0)")
+    for module in ("ray", "ray.serve", "fastapi", "prometheus_client"):
+        require_extra(module, "cluster", "serve --replicas")
+
+
+def _deploy(args: argparse.Namespace, options: dict[str, Any], actor: dict[str, Any]) -> None:
+    from ray import serve
+
+    from .deployments import EngineReplica, Gateway
+
+    lim = settings_from_args(args).limits
+    per_replica = lim.max_rows_in_flight + lim.max_queue
+    engine = serve.deployment(EngineReplica, name="engine", num_replicas=args.replicas,
+                              ray_actor_options=actor, max_ongoing_requests=per_replica,
+                              max_queued_requests=lim.max_queue, health_check_period_s=1,
+                              health_check_timeout_s=60,
+                              graceful_shutdown_timeout_s=5)
+    gateway = serve.deployment(Gateway, name="gateway", num_replicas=1, ray_actor_options={"num_cpus": 0},
+                               max_ongoing_requests=args.replicas * per_replica + _GATEWAY_SLACK)
+    app = gateway.bind(engine.bind(options, BOARD_NAME), options, BOARD_NAME, args.replicas)
+    serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+
+
+def run_serve_ray(args: argparse.Namespace) -> int:
+    """Check every flag, start Ray (or join ``--ray-address``), deploy, and serve until SIGINT/SIGTERM."""
+    _check(args)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray import serve
+
+    from .board import ReplicaBoard
+    from .deployments import BOARD_NAMESPACE
+
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    cores = os.cpu_count() or 1
+    actor, threads = replica_resources(args, cores)
+    options = {k: v for k, v in vars(args).items() if k != "func"} | {"threads": threads}
+    local = args.ray_address is None
+    ray.init(address=args.ray_address, namespace=BOARD_NAMESPACE, include_dashboard=False,
+             logging_level=args.log_level.upper(),
+             **({"num_cpus": cores, "object_store_memory": _OBJECT_STORE_BYTES} if local else {}))
+    signal.signal(signal.SIGTERM, _interrupt)
+    board = ray.remote(ReplicaBoard).options(name=BOARD_NAME, num_cpus=0).remote()
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        _deploy(args, options, actor)
+        log.info("serving %s on http://%s:%d with %d replicas (%s each)", args.model, args.host, args.port,
+                 args.replicas, actor)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        log.info("shutting down")
+    finally:
+        serve.shutdown()
+        ray.kill(board)
+        if local:
+            ray.shutdown()
+    return 0
