@@ -401,14 +401,27 @@ def load_model(
     revision: str | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
+    tensor_parallel: int = 1,
 ) -> DiffusionLM:
     """Load a dLLM checkpoint as one of our model families (see ``models.registry``).
 
     ``auto_map`` / modeling code shipped with a checkpoint is never executed: a known family is
     built from our own code, an unknown one is refused. ``trust_remote_code`` only lets
     ``load_tokenizer`` run a checkpoint's custom tokenizer class.
+
+    ``tensor_parallel=N`` > 1 (in a process started by ``torchrun --nproc_per_node N``) joins the
+    process group and returns this rank's shard (``parallel.tensor``): heads and MLP split N ways.
     """
+    from .parallel.tensor import check_size
+
+    tp = check_size(tensor_parallel)
     dev = resolve_device(device)
+    tp_group = None
+    if tp > 1:
+        from .parallel.tensor import init_tensor_parallel, rank_device
+
+        dev = rank_device(dev)
+        tp_group = init_tensor_parallel(tp, dev)
     dt = resolve_dtype(dtype, dev)
     folder = resolve_checkpoint(name_or_path, revision)
     config = read_config(folder)
@@ -428,10 +441,7 @@ def load_model(
         raise CheckpointError(f"{cfg_path}: missing or invalid key {exc}") from exc
     tied = cls.tied_weights(config)
     _check_names_and_shapes(model, shapes, set(tied), cfg_path, where)
-    if state is None:
-        state = {}
-        for f in files:
-            state.update(_read_weights(f, dt, dev))
+    state = _read_state(model, files, state, dt, dev, tp_group)
     for name in tied:
         state.pop(name, None)
     model.load_state_dict(state, strict=False, assign=True)
@@ -439,6 +449,27 @@ def load_model(
     model.name_or_path = str(folder)
     model.trust_remote_code = trust_remote_code
     return model.eval().requires_grad_(False)
+
+
+def _read_state(model: DiffusionLM, files: list[Path], state: dict[str, torch.Tensor] | None,
+                dt: torch.dtype, dev: torch.device, tp) -> dict[str, torch.Tensor]:
+    """The weights to assign; under tensor parallel the meta model is sharded first and each file
+    is read on the CPU and cut to this rank's part, so a rank never holds the whole model."""
+    if tp is None:
+        if state is None:
+            state = {}
+            for f in files:
+                state.update(_read_weights(f, dt, dev))
+        return state
+    from .parallel.tensor import local_state, shard_model
+
+    takes = shard_model(model, tp.rank, tp.size)
+    if state is not None:
+        return local_state(state, takes, dev)
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        out.update(local_state(_read_weights(f, dt, torch.device("cpu")), takes, dev))
+    return out
 
 
 _INIT_FUNCTIONS = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -48,6 +48,48 @@ class FamilyTraits:
 
 
 @dataclass(frozen=True)
+class TensorParallelPlan:
+    """Which modules tensor parallel shards, declared once per family, applied by
+    ``parallel.tensor.shard_model``. Patterns are module names where ``*`` is one name segment
+    (a layer or expert index); each sharded linear maps to the config key of the dimension it
+    splits, which a non-divisible error names.
+
+    * ``heads``: modules whose ``heads`` / ``kv_heads`` attributes become the rank's local counts
+      (their forwards, and so the K/V cache, use local heads).
+    * ``column``: output features split (q/k/v by head, gate/up by neuron); bias split too.
+    * ``fused_qkv``: one projection laid out [q | k | v] over its parent ``heads`` module's heads,
+      split per segment.
+    * ``row``: input features split, outputs all-reduced, the bias added once after the reduce.
+    * ``partial``: input features split, no reduce of its own (MoE expert down projections).
+    * ``reduce``: modules whose output is all-reduced once, when they hold ``partial`` linears.
+
+    Everything not named (embedding, norms, QK-norm, the router, the LM head) is replicated.
+    """
+
+    heads: tuple[str, ...]
+    column: dict[str, str]
+    row: dict[str, str]
+    fused_qkv: dict[str, str] = field(default_factory=dict)
+    partial: dict[str, str] = field(default_factory=dict)
+    reduce: tuple[str, ...] = ()
+
+
+def _qwen_layout_plan() -> TensorParallelPlan:
+    attn, mlp = "model.layers.*.self_attn", "model.layers.*.mlp"
+    heads, kv, inter = "num_attention_heads", "num_key_value_heads", "intermediate_size"
+    return TensorParallelPlan(
+        heads=(attn,),
+        column={f"{attn}.q_proj": heads, f"{attn}.k_proj": kv, f"{attn}.v_proj": kv,
+                f"{mlp}.gate_proj": inter, f"{mlp}.up_proj": inter},
+        row={f"{attn}.o_proj": heads, f"{mlp}.down_proj": inter},
+    )
+
+
+QWEN_LAYOUT_TP_PLAN = _qwen_layout_plan()
+"""The tensor-parallel plan of the Qwen-layout families (Dream, SDAR, Fast-dLLM v2)."""
+
+
+@dataclass(frozen=True)
 class TokenIds:
     """The special ids one decode uses, resolved and checked once (``DiffusionLM.token_ids``)."""
 
@@ -84,6 +126,8 @@ class DiffusionLM(nn.Module):
     block_size_keys: ClassVar[tuple[str, ...]] = ()
     """config.json keys of the block size a block-causal family was trained with, first present wins."""
     layer_prefix: ClassVar[str] = "model.layers."
+    tp_plan: ClassVar[TensorParallelPlan | None] = None
+    """How ``--tensor-parallel`` shards this family (None: not supported)."""
     rotary: Rotary
 
     def __init__(self, config: dict[str, Any]) -> None:

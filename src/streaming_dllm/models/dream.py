@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..kv_cache import KVCache
-from .base import DiffusionLM, FamilyTraits
+from .base import QWEN_LAYOUT_TP_PLAN, DiffusionLM, FamilyTraits
 from .layers import GatedMLP, RMSNorm, Rotary, attention
 
 
@@ -59,6 +59,7 @@ class DreamModel(DiffusionLM):
         first_token_at_block_start=True,
     )
     positive_keys = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size")
+    tp_plan = QWEN_LAYOUT_TP_PLAN
 
     @classmethod
     def tied_weights(cls, config: dict[str, Any]) -> dict[str, str]:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kv_cache import KVCache
-from .base import DiffusionLM, FamilyTraits
+from .base import DiffusionLM, FamilyTraits, TensorParallelPlan
 from .layers import RMSNorm, Rotary, attention
 
 
@@ -43,6 +43,18 @@ class LLaDABlock(nn.Module):
         x = x + self.attn_out(a.transpose(1, 2).reshape(b, n, -1))
         h = self.ff_norm(x)
         return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
+
+
+_BLOCK = "model.transformer.blocks.*"
+
+TP_PLAN = TensorParallelPlan(
+    heads=(_BLOCK,),
+    column={f"{_BLOCK}.q_proj": "n_heads", f"{_BLOCK}.k_proj": "n_kv_heads", f"{_BLOCK}.v_proj": "n_kv_heads",
+            f"{_BLOCK}.ff_proj": "mlp_hidden_size", f"{_BLOCK}.up_proj": "mlp_hidden_size"},
+    row={f"{_BLOCK}.attn_out": "n_heads", f"{_BLOCK}.ff_out": "mlp_hidden_size"},
+)
+"""Attention heads and the MLP of each block sharded; ``model.transformer.ff_out`` (the LM head)
+is replicated."""
 
 
 class LLaDATransformer(nn.Module):
@@ -74,6 +86,7 @@ class LLaDAModel(DiffusionLM):
     heads_keys = ("d_model", "n_heads", "n_kv_heads")
     layers_key = "n_layers"
     layer_prefix = "model.transformer.blocks."
+    tp_plan = TP_PLAN
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)

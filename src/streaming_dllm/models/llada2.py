@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..kv_cache import KVCache
-from .base import DiffusionLM, FamilyTraits
+from .base import DiffusionLM, FamilyTraits, TensorParallelPlan
 from .layers import GatedMLP, RMSNorm, Rotary, attention
 from .moe import SparseMoE
 
@@ -52,6 +52,27 @@ def _kv_heads(config: dict[str, Any]) -> int:
 
 def _rotated_dims(config: dict[str, Any]) -> int:
     return int(_head_dim(config) * config["partial_rotary_factor"])
+
+
+def _tp_plan() -> TensorParallelPlan:
+    attn, mlp = "model.layers.*.attention", "model.layers.*.mlp"
+    inter, moe = "intermediate_size", "moe_intermediate_size"
+    experts, shared = f"{mlp}.experts.*", f"{mlp}.shared_experts"
+    return TensorParallelPlan(
+        heads=(attn,),
+        fused_qkv={f"{attn}.query_key_value": "num_key_value_heads"},
+        column={f"{mlp}.gate_proj": inter, f"{mlp}.up_proj": inter,
+                f"{experts}.gate_proj": moe, f"{experts}.up_proj": moe,
+                f"{shared}.gate_proj": moe, f"{shared}.up_proj": moe},
+        row={f"{attn}.dense": "num_attention_heads", f"{mlp}.down_proj": inter},
+        partial={f"{experts}.down_proj": moe, f"{shared}.down_proj": moe},
+        reduce=(mlp,),
+    )
+
+
+TP_PLAN = _tp_plan()
+"""Fused q/k/v split per segment, dense MLPs column/row; in MoE layers the router is replicated,
+every routed and shared expert's intermediate dimension is split and the MoE output is reduced once."""
 
 
 class LLaDA2Attention(nn.Module):
@@ -105,6 +126,7 @@ class LLaDA2Model(DiffusionLM):
         sampler="multinomial",
     )
     positive_keys = ("hidden_size", "num_attention_heads", "num_hidden_layers")
+    tp_plan = TP_PLAN
 
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..kv_cache import KVCache
-from .base import DiffusionLM, FamilyTraits
+from .base import QWEN_LAYOUT_TP_PLAN, DiffusionLM, FamilyTraits
 from .layers import GatedMLP, RMSNorm, Rotary, attention
 
 
@@ -77,6 +77,7 @@ class QwenBlockDiffusionLM(DiffusionLM):
     qkv_bias: bool = False
     qk_norm: bool = False
     positive_keys = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size")
+    tp_plan = QWEN_LAYOUT_TP_PLAN
 
     @classmethod
     def head_dim_of(cls, config: dict[str, Any]) -> int:

@@ -1,0 +1,1 @@
+"""Scale-out inside one model: tensor parallel (``tensor``) and the serving lockstep (``lockstep``)."""
