@@ -45,9 +45,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError("the prompt is empty: pass --prompt TEXT or pipe the prompt on stdin")
     # Flags and the prompt are checked before torch is imported: a mistake is reported at once.
     from ..engine import stream
+    from ..parallel.tensor import is_lead
     from ..text import answer_ids, encode_prompt, stop_ids
 
     model, tok = load_from_args(args)
+    lead = is_lead(model)  # under tensor parallel every rank decodes, rank 0 prints
     cfg = fit_to_model(cfg, model, args)
     check_token_ids(model, cfg)
     ids = encode_prompt(tok, prompt, chat=False if args.no_chat_template else None)
@@ -63,12 +65,15 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         answer = answer_ids(generated, stops)
         text = tok.decode(answer, skip_special_tokens=True)
         # The method decides when decoding stops (early exit or not); printing stops at the answer.
-        sys.stdout.write(text[len(printed) :] if text.startswith(printed) else "\n" + text)
-        sys.stdout.flush()
+        if lead:
+            sys.stdout.write(text[len(printed) :] if text.startswith(printed) else "\n" + text)
+            sys.stdout.flush()
         printed = text
     elapsed = time.perf_counter() - start
     # Counted as the server's completion_tokens: the answer's tokens, up to its end.
     n_tokens = len(answer_ids(generated, stops))
+    if not lead:
+        return 0
     print(
         f"\n[{cfg.preset_name}] {n_tokens} tokens, nfe {nfe}, {elapsed:.2f} s, "
         f"{n_tokens / max(elapsed, 1e-9):.1f} tokens/s",

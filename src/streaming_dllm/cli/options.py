@@ -207,8 +207,21 @@ def read_stdin_text() -> str:
         raise ValueError(f"stdin: not valid UTF-8 (byte {exc.start}: {bad!r})") from None
 
 
+MAX_TENSOR_PARALLEL = 64
+
+
+def _tensor_parallel(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_TENSOR_PARALLEL:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to {MAX_TENSOR_PARALLEL}, got {value!r}")
+    return n
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """--model, --device, --dtype, --revision, --allow-pickle, --trust-remote-code."""
+    """--model, --device, --dtype, --revision, --allow-pickle, --trust-remote-code, --tensor-parallel."""
     g = parser.add_argument_group("model")
     g.add_argument("--model", default="builtin", help="local folder, hub id, or 'builtin' (default)")
     g.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | mps | auto (default)")
@@ -216,6 +229,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     g.add_argument("--allow-pickle", action="store_true", help="allow .bin pickle weights (can run code)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's tokenizer code")
+    g.add_argument("--tensor-parallel", type=_tensor_parallel, default=1, metavar="N",
+                   help="shard heads and MLP over N ranks (1..64; launch with torchrun --nproc_per_node N)")
 
 
 def load_from_args(args: argparse.Namespace):
@@ -231,6 +246,7 @@ def load_from_args(args: argparse.Namespace):
             revision=args.revision,
             allow_pickle=args.allow_pickle,
             trust_remote_code=args.trust_remote_code,
+            tensor_parallel=getattr(args, "tensor_parallel", 1),
         )
     except ValueError as exc:
         # The loader names its parameter ("device: ..."); the user typed the flag.
@@ -238,6 +254,8 @@ def load_from_args(args: argparse.Namespace):
         for name in ("device", "dtype", "revision"):
             if msg.startswith(f"{name}:"):
                 raise ValueError(f"--{msg}") from None
+        if msg.startswith("tensor_parallel="):
+            raise ValueError(f"--tensor-parallel: {msg}") from None
         raise
     return model, load_tokenizer(model, trust_remote_code=args.trust_remote_code)
 

@@ -82,6 +82,13 @@ def init_tensor_parallel(size: int, device: torch.device) -> TensorParallel:
     return TensorParallel(dist.get_rank(), world)
 
 
+def is_lead(model: object) -> bool:
+    """Whether this process reports for the model: always without tensor parallel, else rank 0
+    (every rank computes the same tokens; one prints them)."""
+    tp = getattr(model, "tensor_parallel", None)
+    return tp is None or tp.rank == 0
+
+
 class RowParallelLinear(nn.Module):
     """A linear holding a slice of the input features: the partial outputs are summed over the
     ranks with ``all_reduce`` and the (replicated) bias is added once, after the sum."""
