@@ -9,11 +9,16 @@ the family runs. The test process computes the same single-process and compares.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -148,6 +153,17 @@ def _cases(root: Path) -> list[dict]:
     return cases
 
 
+def _torchrun(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
+            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *argv]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
+    return env
+
+
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory) -> tuple[list[dict], list[dict]]:
     """(cases, the two ranks' results) of one torchrun launch."""
@@ -156,12 +172,8 @@ def launched(tmp_path_factory) -> tuple[list[dict], list[dict]]:
     spec = root / "cases.json"
     indivisible = write_checkpoint(root / "kv1", {**CONFIGS["dream"], "num_key_value_heads": 1})
     spec.write_text(json.dumps({"cases": cases, "indivisible": str(indivisible)}))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), __file__, "worker", str(root),
-           str(spec)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    cmd = _torchrun(__file__, "worker", str(root), str(spec))
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     ranks = [torch.load(root / f"rank{r}.pt") for r in range(WORLD)]
     return cases, ranks
@@ -229,6 +241,114 @@ def test_errors_under_torchrun(launched):
     errors = ranks[0]["errors"]
     assert "num_key_value_heads" in errors["kv_heads"] and "not divisible by 2" in errors["kv_heads"]
     assert "tensor_parallel=4" in errors["world"] and "2 ranks" in errors["world"]
+
+
+# ---------------------------------------------------------------- the command line under torchrun
+PROMPT = "Tom has 3 apples and buys 4. How many apples does Tom have now?"
+
+
+def test_generate_command_prints_once_on_rank_zero():
+    argv = ["-m", "streaming_dllm", "generate", "--model", "builtin", "--device", "cpu", "--prompt", PROMPT]
+    one = subprocess.run([sys.executable, *argv], env=_env(), capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0, one.stderr
+    tp = subprocess.run(_torchrun(*argv, "--tensor-parallel", str(WORLD)), env=_env(), capture_output=True,
+                        text=True, timeout=120)
+    assert tp.returncode == 0, tp.stderr[-3000:]
+    assert one.stdout.strip() and tp.stdout == one.stdout
+    assert tp.stderr.count("tokens, nfe") == 1
+
+
+def test_serve_refuses_same_settings_batching():
+    argv = ["-m", "streaming_dllm", "serve", "--tensor-parallel", "2", "--batching", "same-settings"]
+    proc = subprocess.run([sys.executable, *argv], env=_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "--batching: same-settings cannot run under --tensor-parallel" in proc.stderr
+
+
+SERVE_REQUESTS = [
+    {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 48},
+    {"messages": [{"role": "user", "content": "Ann has 9 pens and gives away 2. How many are left?"}],
+     "max_tokens": 32, "extra_body": {"method": "fast-dllm"}},
+    {"messages": [{"role": "user", "content": "Bob has 5 cards, gets 6 more. How many cards now?"}],
+     "max_tokens": 64, "extra_body": {"method": "vanilla"}},
+    {"messages": [{"role": "user", "content": "A box has 8 eggs; 3 break. How many are whole?"}],
+     "max_tokens": 40, "n": 2, "temperature": 0.7, "seed": 5},
+]
+
+
+def _answers(url: str) -> list[list[str]]:
+    """Every request at once from its own thread (they share continuous batches), then a stream
+    that the client drops after its first chunk, then the first request again."""
+    import openai
+
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+    def ask(kw: dict) -> list[str]:
+        reply = client.chat.completions.create(model="builtin", **kw)
+        return [c.message.content for c in reply.choices]
+
+    with ThreadPoolExecutor(len(SERVE_REQUESTS)) as pool:
+        answers = list(pool.map(ask, SERVE_REQUESTS))
+    stream = client.chat.completions.create(model="builtin", stream=True, **SERVE_REQUESTS[2])
+    next(iter(stream))
+    stream.close()
+    return [*answers, ask(SERVE_REQUESTS[0])]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError("the tensor-parallel server did not start")
+
+
+def _rank_zero(launcher: int) -> int:
+    """The pid of the launcher's worker with RANK=0 (Linux /proc)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == launcher and b"RANK=0" in environ:
+            return int(entry.name)
+    raise AssertionError("no rank 0 worker found")
+
+
+def test_serve_under_tensor_parallel_answers_as_one_process():
+    from server_helpers import LiveServer
+
+    from streaming_dllm.server.cli import add_serve_parser, settings_from_args
+
+    port = _free_port()
+    argv = ["-m", "streaming_dllm", "serve", "--model", "builtin", "--device", "cpu", "--port", str(port),
+            "--served-model-name", "builtin", "--tensor-parallel", str(WORLD), "--log-level", "warning"]
+    proc = subprocess.Popen(_torchrun(*argv), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", proc)
+        tp_answers = _answers(f"http://127.0.0.1:{port}")
+        os.kill(_rank_zero(proc.pid), signal.SIGINT)  # rank 0 stops serving: the follower must end too
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    parser = argparse.ArgumentParser()
+    args = add_serve_parser(parser.add_subparsers()).parse_args(["--model", "builtin", "--device", "cpu",
+                                                                 "--served-model-name", "builtin"])
+    model = sd.load_model("builtin")
+    with LiveServer(model, sd.load_tokenizer(model), settings_from_args(args)) as server:
+        one_answers = _answers(server.url)
+    assert tp_answers == one_answers
+    assert all(a and all(a) for a in tp_answers)
 
 
 # ---------------------------------------------------------------- errors without a launch

@@ -103,6 +103,11 @@ class Scheduler:
         self.waiting.append(handle)
         return handle
 
+    def drop_waiting(self, handle: Handle) -> None:
+        """Remove a request that has not started (it will never run); a lockstep scheduler
+        (``parallel.lockstep``) also tells its followers."""
+        self.waiting.remove(handle)
+
     @property
     def rows_in_flight(self) -> int:
         return sum(h.rows for h in self.active)

@@ -177,6 +177,9 @@ def run_serve(args: argparse.Namespace) -> int:
     Raises ValueError (a flag out of bounds, a checkpoint that cannot be loaded) and
     ``MissingExtra`` (the ``[server]`` extra is not installed) before the model is loaded."""
     settings = settings_from_args(args)
+    if getattr(args, "tensor_parallel", 1) > 1 and settings.batching == "same-settings":
+        raise ValueError("--batching: same-settings cannot run under --tensor-parallel (every rank must run "
+                         "the same forwards); use continuous or serial")
     for module in ("fastapi", "uvicorn", "prometheus_client"):
         require_extra(module, "server", "serve")
     import torch
@@ -193,9 +196,18 @@ def run_serve(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_from_args(args)
     settings = settings_for_model(settings, model, args)
-    app = create_app(model, tokenizer, settings)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5,
-                timeout_keep_alive=args.timeout_keep_alive)
+
+    def serve() -> None:
+        app = create_app(model, tokenizer, settings)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                    timeout_graceful_shutdown=5, timeout_keep_alive=args.timeout_keep_alive)
+
+    if getattr(model, "tensor_parallel", None) is None:
+        serve()
+    else:  # rank 0 serves HTTP, the other ranks replay its engine steps
+        from ..parallel.lockstep import serve_ranks
+
+        serve_ranks(model, serve)
     return 0
 
 

@@ -58,8 +58,8 @@ class EngineLoop:
         self.model, self.limits, self.metrics, self.end_ids = model, limits, metrics, end_ids
         self.policy = policy
         self._rows = 1 if serial else limits.max_rows_in_flight
-        self.main = self._scheduler(self._rows)
-        self.solo = self._scheduler(1)
+        self.main = self._scheduler(self._rows, "main")
+        self.solo = self._scheduler(1, "solo")
         self._inbox: deque[Job] = deque()
         self._waiting: set[Job] = set()  # accepted, not decoding yet: what max_queue bounds
         self._cv = threading.Condition()
@@ -71,9 +71,11 @@ class EngineLoop:
         self._thread = threading.Thread(target=self._work, name="sdllm-engine", daemon=True)
         self.running = 0
 
-    def _scheduler(self, rows: int) -> Scheduler:
-        return Scheduler(self.model, max_rows=rows, max_tokens=self.limits.max_kv_tokens,
-                         max_queue=UNBOUNDED_QUEUE, policy=self.policy)
+    def _scheduler(self, rows: int, name: str) -> Scheduler:
+        options = dict(max_rows=rows, max_tokens=self.limits.max_kv_tokens, max_queue=UNBOUNDED_QUEUE,
+                       policy=self.policy)
+        leader = getattr(self.model, "lockstep", None)  # tensor parallel: the other ranks mirror it
+        return Scheduler(self.model, **options) if leader is None else leader.scheduler(name, **options)
 
     # ------------------------------------------------------------ the event loop's side
     @property
@@ -207,7 +209,7 @@ class EngineLoop:
         self._cancels = False
         for sched in (self.main, self.solo):
             for h in [h for h in sched.waiting if h.cancelled is not None and h.cancelled()]:
-                sched.waiting.remove(h)
+                sched.drop_waiting(h)
                 self._end(h.tag, None)
 
     def _mark_started(self, sched: Scheduler) -> None:
@@ -256,9 +258,9 @@ class EngineLoop:
         decoding are decoded again alone (or fail, if they already were); those it had not yet
         admitted re-enter the queue, except the oldest when nothing was decoding."""
         if solo:
-            self.solo = self._scheduler(1)
+            self.solo = self._scheduler(1, "solo")
         else:
-            self.main = self._scheduler(self._rows)
+            self.main = self._scheduler(self._rows, "main")
         mine = [t for t in self._tracks.values() if t.sched is sched]
         waiting = [h.tag for h in sched.waiting]
         involved = [t for t in mine if t not in waiting] or waiting[:1]
