@@ -106,6 +106,36 @@ def _resolve_distributed(device: str | None) -> tuple[int, int, str | None]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
+class _Collectives:
+    """The part of ``accelerate.Accelerator`` that the harness's evaluator calls in a data-parallel run.
+
+    lm-eval 0.4.5 to 0.4.11 gathers per-rank request counts with ``lm.accelerator.gather`` and
+    synchronises with ``lm.accelerator.wait_for_everyone()``; 0.4.12 and later call the model's
+    ``all_gather`` / ``barrier``. Both lead to the same ``torch.distributed`` collectives.
+    """
+
+    def __init__(self, lm: StreamingDLLMEval) -> None:
+        self._lm = lm
+
+    @property
+    def process_index(self) -> int:
+        return self._lm._rank
+
+    @property
+    def num_processes(self) -> int:
+        return self._lm._world_size
+
+    @property
+    def is_main_process(self) -> bool:
+        return self._lm._rank == 0
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self._lm.all_gather(tensor)
+
+    def wait_for_everyone(self) -> None:
+        self._lm.barrier()
+
+
 @register_model("streaming-dllm")
 class StreamingDLLMEval(LM):
     """lm-evaluation-harness model for masked diffusion LMs decoded by streaming-dllm."""
@@ -189,6 +219,16 @@ class StreamingDLLMEval(LM):
             add_generation_prompt=add_generation_prompt,
             continue_final_message=not add_generation_prompt,
         )
+
+    @property
+    def device(self) -> torch.device:
+        # lm-eval >= 0.4.12 defines this on LM; earlier evaluators read it in a data-parallel run too.
+        return self._device
+
+    @property
+    def accelerator(self) -> _Collectives:
+        """What lm-eval < 0.4.12 calls for its collectives (``gather``, ``wait_for_everyone``)."""
+        return _Collectives(self)
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         if self._world_size == 1:
