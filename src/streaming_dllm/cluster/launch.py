@@ -29,15 +29,14 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def replica_resources(args: argparse.Namespace, cores: int) -> tuple[dict[str, Any], int | None]:
-    """(Ray actor options of one replica, its torch threads): a GPU each when the device is CUDA
-    (or unset with CUDA present), else an equal share of the cores."""
-    import torch
-
+def replica_resources(args: argparse.Namespace,
+                      cluster: dict[str, float]) -> tuple[dict[str, Any], int | None]:
+    """(Ray actor options of one replica, its torch threads): a GPU each when the cluster has GPUs
+    and ``--device`` does not say cpu, else an equal share of the cluster's cores."""
     device = str(getattr(args, "device", None) or "")
-    if device.startswith("cuda") or (not device and torch.cuda.is_available()):
+    if cluster.get("GPU", 0) >= 1 and not device.startswith("cpu"):
         return {"num_cpus": 1, "num_gpus": 1}, args.threads
-    share = cores / args.replicas
+    share = cluster.get("CPU", 1) / args.replicas
     return {"num_cpus": share}, args.threads or max(1, int(share))
 
 
@@ -47,6 +46,24 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError("--port: give a port with --replicas (Ray Serve cannot bind port 0)")
     for module in ("ray", "ray.serve", "fastapi", "prometheus_client"):
         require_extra(module, "cluster", "serve --replicas")
+    _check_local_checkpoint(args.model)
+
+
+def _check_local_checkpoint(name: str) -> None:
+    """A built-in name or a folder here is checked before Ray starts (its config names a family we
+    know); a hub id is the replicas' to download, where the weights will live."""
+    from pathlib import Path
+
+    from ..loading import BUILTINS, CheckpointError, read_config, resolve_checkpoint
+    from ..models.registry import family_for
+
+    if name not in BUILTINS and not Path(name).expanduser().exists() and name.count("/") == 1:
+        return
+    try:
+        family_for(read_config(resolve_checkpoint(name)))
+    except ValueError as exc:
+        msg = str(exc) if isinstance(exc, CheckpointError) else f"{name}: {exc}"
+        raise ValueError(f"--model: {msg}") from None
 
 
 def _deploy(args: argparse.Namespace, options: dict[str, Any], actor: dict[str, Any]) -> None:
@@ -78,18 +95,25 @@ def run_serve_ray(args: argparse.Namespace) -> int:
     from .deployments import BOARD_NAMESPACE
 
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
-    cores = os.cpu_count() or 1
-    actor, threads = replica_resources(args, cores)
-    options = {k: v for k, v in vars(args).items() if k != "func"} | {"threads": threads}
     local = args.ray_address is None
-    ray.init(address=args.ray_address, namespace=BOARD_NAMESPACE, include_dashboard=False,
-             logging_level=args.log_level.upper(),
-             **({"num_cpus": cores, "object_store_memory": _OBJECT_STORE_BYTES} if local else {}))
+    own = {"num_cpus": os.cpu_count() or 1, "object_store_memory": _OBJECT_STORE_BYTES} if local else {}
+    try:
+        ray.init(address=args.ray_address, namespace=BOARD_NAMESPACE, include_dashboard=False,
+                 logging_level=args.log_level.upper(), **own)
+    except ConnectionError as exc:
+        raise ValueError(f"--ray-address {args.ray_address}: {exc}; a cluster with token authentication "
+                         "also needs RAY_AUTH_MODE=token here") from None
+    actor, threads = replica_resources(args, ray.cluster_resources())
+    options = {k: v for k, v in vars(args).items() if k != "func"} | {"threads": threads}
     signal.signal(signal.SIGTERM, _interrupt)
     board = ray.remote(ReplicaBoard).options(name=BOARD_NAME, num_cpus=0).remote()
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
-        _deploy(args, options, actor)
+        try:
+            _deploy(args, options, actor)
+        except RuntimeError as exc:
+            raise ValueError(f"--replicas: the engine replicas did not start ({exc}); the replica log "
+                             "above has the cause") from None
         log.info("serving %s on http://%s:%d with %d replicas (%s each)", args.model, args.host, args.port,
                  args.replicas, actor)
         while True:
