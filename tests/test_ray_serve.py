@@ -29,7 +29,10 @@ from streaming_dllm.server.cli import add_serve_parser, settings_from_args
 
 pytest.importorskip("ray.serve", reason="the [cluster] extra (ray[serve]) is not installed")
 
-FLAGS = ["--model", "builtin", "--block-length", "8", "--max-tokens", "64", "--max-queue", "256"]
+KEY = "test-key"
+FLAGS = ["--model", "builtin", "--block-length", "8", "--max-tokens", "64", "--max-queue", "256",
+         "--api-key", KEY, "--max-body-bytes", "100000"]
+AUTH = {"Authorization": f"Bearer {KEY}"}
 START_S = 300
 COMPLETION_ENDPOINTS = {"/v1/completions", "/v1/chat/completions"}
 
@@ -91,12 +94,12 @@ def single():
 
 
 def _client(url: str, timeout: float = 120) -> openai.OpenAI:
-    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=timeout)
+    return openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=timeout)
 
 
 def _completions_by_replica(url: str) -> dict[str, float]:
     """Completion requests answered 200, per replica, from the gateway's merged /metrics."""
-    text = httpx.get(url + "/metrics", timeout=10).text
+    text = httpx.get(url + "/metrics", headers=AUTH, timeout=10).text
     counts: dict[str, float] = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
@@ -124,6 +127,26 @@ def test_two_replicas_answer_as_the_single_server_and_share_the_load(cluster, si
     assert len(served) == 2 and min(served.values()) >= 10, served
     health = _health(url)
     assert health["status"] == "ok" and len(health["replicas"]) == 2
+
+
+def test_the_single_servers_rules_hold_at_the_gateway(cluster, single):
+    """API key, body limit, routes and errors: the same responses as the single server."""
+    url, _ = cluster
+    body = {"model": "builtin", "prompt": "1+1=", "max_tokens": 8}
+    cases = [("POST", "/v1/completions", {}, body),
+             ("POST", "/v1/completions", {"Authorization": "Bearer wrong"}, body),
+             ("GET", "/metrics", {}, None),
+             ("POST", "/v1/completions", AUTH, {**body, "prompt": "x" * 200_000}),
+             ("POST", "/v1/completions", AUTH, {**body, "max_tokens": 10_000}),
+             ("GET", "/v1/models", AUTH, None),
+             ("GET", "/v1/nowhere", AUTH, None)]
+    for method, path, headers, payload in cases:
+        got = [httpx.request(method, base + path, headers=headers, json=payload, timeout=60)
+               for base in (url, single)]
+        assert got[0].status_code == got[1].status_code, (path, got[0].text, got[1].text)
+        if path != "/v1/models":
+            assert got[0].json() == got[1].json()
+    assert [r.status_code for r in got] == [404, 404]
 
 
 def _outcome(client: openai.OpenAI, spec: dict):
@@ -170,6 +193,8 @@ def test_killing_a_replica_loses_no_request_silently(cluster, single):
 @pytest.mark.parametrize("extra, message", [
     (["--replicas", "0"], "--replicas: must be in [1, 256], got 0"),
     (["--replicas", "2", "--port", "0"], "--port: give a port with --replicas"),
+    (["--replicas", "2", "--model", "/nonexistent/x"], "--model: /nonexistent/x: no such folder"),
+    (["--replicas", "2", "--tensor-parallel", "2"], "--tensor-parallel: not with --replicas"),
 ])
 def test_replica_flags_are_checked_before_ray_starts(extra, message):
     out = subprocess.run([sys.executable, "-m", "streaming_dllm", "serve", *FLAGS, *extra],

@@ -44,6 +44,9 @@ def _check(args: argparse.Namespace) -> None:
     settings_from_args(args)
     if args.port == 0:
         raise ValueError("--port: give a port with --replicas (Ray Serve cannot bind port 0)")
+    if (getattr(args, "tensor_parallel", None) or 1) > 1:
+        raise ValueError("--tensor-parallel: not with --replicas (a replica is one process); run "
+                         "torchrun ... serve --tensor-parallel N for one sharded server")
     for module in ("ray", "ray.serve", "fastapi", "prometheus_client"):
         require_extra(module, "cluster", "serve --replicas")
     _check_local_checkpoint(args.model)
