@@ -111,11 +111,11 @@ class LeaderScheduler(Scheduler):
         super().__init__(leader.model, **options)
         self.leader, self.name, self.sid, self.options = leader, name, sid, options
         self._pending = Step(name, sid, options)
-        self._wanted: dict[int, Any] = {}  # request id -> the caller's cancel check
+        self._wanted: dict[int, Callable[[], bool] | None] = {}  # request id -> the caller's cancel check
         self._decided: set[int] = set()
 
     def submit(self, prompts: list, config: DecodeConfig, seeds: list[int] | None = None,
-               cancelled=None, tag: Any = None) -> Handle:
+               cancelled: Callable[[], bool] | None = None, tag: Any = None) -> Handle:
         h = super().submit(prompts, config, seeds, cancelled=None, tag=tag)
         h.cancelled = lambda: h.id in self._decided  # what this step decided, as on every rank
         self._wanted[h.id] = cancelled
