@@ -23,6 +23,7 @@ from server_helpers import LiveServer, load_served_model
 
 import streaming_dllm as sd
 from streaming_dllm.engine.scheduler import Scheduler
+from streaming_dllm.kv_cache import PackedCaches
 from streaming_dllm.server import Limits, ServerSettings
 from streaming_dllm.server.cli import add_serve_parser, settings_from_args
 from streaming_dllm.server.engine_loop import EngineLoop
@@ -278,20 +279,21 @@ def test_failed_batched_forward_fails_only_its_request(model_tok):
     poison = 3 * [int(_TOK("@", add_special_tokens=False)["input_ids"][0])]
     state = {"hold": True, "shared": 0}
 
-    def hook(module, args):
-        ids = args[0]
+    def hook(module, args, kwargs):
+        ids, cache = args[0], kwargs.get("cache")
         if state["hold"]:  # the first forward waits, so that the next requests share one step
             state["hold"] = False
             time.sleep(1.0)
         rows = ids.tolist()
         if any(row[i:i + len(poison)] == poison for row in rows for i in range(len(row))):
-            state["shared"] = max(state["shared"], len(rows))
+            runs = len(cache.parts) if isinstance(cache, PackedCaches) else len(rows)
+            state["shared"] = max(state["shared"], runs)
             raise RuntimeError("engine failure for the poisoned prompt")
 
     settings = ServerSettings(model_name=MODEL, shared_overrides={"block_length": 8},
                               limits=Limits(max_tokens=16))
     good = [[20, 21, 22, 23], [30, 31, 32], [40, 41, 42, 43, 44]]
-    handle = model.register_forward_pre_hook(hook)
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         with LiveServer(*model_tok, settings) as srv, ThreadPoolExecutor(5) as pool:
             def post(p):
@@ -307,7 +309,7 @@ def test_failed_batched_forward_fails_only_its_request(model_tok):
             assert [r.status_code for r in together[:-1]] == [200, 200, 200]
             alone = [post(p).json()["choices"][0]["text"] for p in good]
             assert [r.json()["choices"][0]["text"] for r in together[:-1]] == alone
-            assert state["shared"] >= 4  # the poisoned forward really held the other requests' rows
+            assert state["shared"] >= 4  # the poisoned forward really held the other requests' runs
             assert httpx.get(srv.url + "/health").json()["status"] == "ok"
     finally:
         handle.remove()

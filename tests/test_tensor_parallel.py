@@ -380,6 +380,14 @@ def test_tensor_parallel_out_of_range(value):
         sd.load_model("builtin", tensor_parallel=value)
 
 
+@pytest.mark.parametrize("command", [["bench"], ["tune", "--task", "arith"]])
+def test_only_generate_and_serve_take_the_flag(command):
+    """bench and tune would print and write once per rank: they do not offer --tensor-parallel."""
+    out = subprocess.run([sys.executable, "-m", "streaming_dllm", *command, "--tensor-parallel", "2"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "unrecognized arguments: --tensor-parallel 2" in out.stderr, out.stderr
+
+
 def test_tensor_parallel_one_changes_nothing():
     model = sd.load_model("builtin", tensor_parallel=1)
     assert not hasattr(model, "tensor_parallel")

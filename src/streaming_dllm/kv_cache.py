@@ -21,6 +21,9 @@ No forward concatenates the prefix: a step costs its own tokens' K/V, not a copy
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 
@@ -113,3 +116,54 @@ class KVCache:
         cv[:, :, start:stop] = v
         end = stop if self._mode == "attend" else (visible or self.capacity)
         return ck[:, :, :end], cv[:, :, :end]
+
+
+@dataclass(frozen=True)
+class PackedPart:
+    """One run's share of a packed forward: its fed tokens are positions ``[start, stop)`` of the
+    packed row, ``rows`` x ``length`` of them (row-major), with its own cache and key mask."""
+
+    cache: KVCache | None
+    start: int
+    stop: int
+    rows: int
+    length: int
+    key_mask: torch.Tensor | None
+
+
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+class PackedCaches:
+    """The caches of several runs fed as one packed forward ([1, N] tokens, no padding).
+
+    Every layer's projections and MLP run once over all the runs' tokens; attention runs per run,
+    over exactly the queries, keys and mask of that run's solo forward (its cache, written in
+    place as alone). So no position is padding, and each run's attention is its solo attention.
+    """
+
+    def __init__(self, parts: list[PackedPart]) -> None:
+        self.parts = parts
+
+    def attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  attend: Attend) -> torch.Tensor:
+        """q, k, v of shape [1, heads, N, head_dim] -> the attention output, packed alike."""
+        out = []
+        for p in self.parts:
+            ki, vi = _unpack(k, p), _unpack(v, p)
+            if p.cache is not None:
+                ki, vi = p.cache.update(layer, ki, vi)
+            out.append(_pack(attend(_unpack(q, p), ki, vi, p.key_mask)))
+        return torch.cat(out, dim=2)
+
+
+def _unpack(x: torch.Tensor, p: PackedPart) -> torch.Tensor:
+    """[1, H, N, D] -> this part's [rows, H, length, D] (contiguous: a cache may keep it)."""
+    heads, dim = x.shape[1], x.shape[3]
+    return x[0, :, p.start:p.stop].reshape(heads, p.rows, p.length, dim).transpose(0, 1).contiguous()
+
+
+def _pack(x: torch.Tensor) -> torch.Tensor:
+    """[rows, H, length, D] -> [1, H, rows * length, D]."""
+    rows, heads, length, dim = x.shape
+    return x.transpose(0, 1).reshape(1, heads, rows * length, dim)

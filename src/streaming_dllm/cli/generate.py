@@ -30,7 +30,7 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     )
     gen.add_argument("--prompt", default=None, help="the prompt (default: read stdin)")
     gen.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
-    add_model_args(gen)
+    add_model_args(gen, tensor_parallel=True)
     add_decode_args(gen)
     gen.set_defaults(func=_cmd_generate)
     return gen

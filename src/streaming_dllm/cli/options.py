@@ -220,8 +220,9 @@ def _tensor_parallel(value: str) -> int:
     return n
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """--model, --device, --dtype, --revision, --allow-pickle, --trust-remote-code, --tensor-parallel."""
+def add_model_args(parser: argparse.ArgumentParser, tensor_parallel: bool = False) -> None:
+    """--model, --device, --dtype, --revision, --allow-pickle, --trust-remote-code, and
+    --tensor-parallel for the commands that run under torchrun (``generate``, ``serve``)."""
     g = parser.add_argument_group("model")
     g.add_argument("--model", default="builtin", help="local folder, hub id, or 'builtin' (default)")
     g.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | mps | auto (default)")
@@ -229,6 +230,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     g.add_argument("--allow-pickle", action="store_true", help="allow .bin pickle weights (can run code)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's tokenizer code")
+    if not tensor_parallel:
+        return
     g.add_argument("--tensor-parallel", type=_tensor_parallel, default=1, metavar="N",
                    help="shard heads and MLP over N ranks (1..64; launch with torchrun --nproc_per_node N)")
 

@@ -2,16 +2,18 @@
 
 Every request is its own ``Run`` (its own token rows, K/V cache, ``DecodeConfig`` and random
 streams), written as the same block loop that ``generate`` runs: a run *yields* each forward it
-needs. An engine ``step`` takes the forward every ready run is waiting for, runs them as a few
-batched forwards (ragged rows padded, with key masks; each run's K/V written into its own
-cache), and sends each run its logits. A run that finishes (its last block, early exit, a stop
-reached by the caller, cancellation) leaves at once; waiting requests join at the next step.
+needs. An engine ``step`` takes the forward every ready run is waiting for, runs them as one
+packed forward per group (every run's fed tokens side by side in one row, no padding; the
+projections and MLP run once over all of them, attention run by run over each run's own cache and
+mask, its K/V written into its own cache), and sends each run its logits. A run that finishes
+(its last block, early exit, a stop reached by the caller, cancellation) leaves at once; waiting
+requests join at the next step.
 
-Grouping (``policy``): ``split`` runs long forwards (a block start: the kept prefix) apart from
-short ones (in-block steps), so short rows never pay for the long ones; ``joint`` runs all ready
-forwards together; ``buckets`` groups forwards whose fed and attended lengths are within
-``bucket_ratio`` of each other, so padding stays small (a padded position costs as much as a real
-one). Batching changes speed, not answers: a run's tokens are its solo tokens.
+Grouping (``policy``): ``joint`` runs all ready forwards as one packed forward; ``split`` runs
+long forwards (a block start: the kept prefix) apart from short ones (in-block steps), so a step
+of short rows does not wait for the long ones; ``buckets`` groups forwards whose fed and attended
+lengths are within ``bucket_ratio`` of each other (it mattered when forwards were padded to their
+longest row). Batching changes speed, not answers: a run's tokens are its solo tokens.
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
 from ..config import DecodeConfig
-from ..kv_cache import KVCache
+from ..kv_cache import PackedCaches, PackedPart
 from ..models.base import DiffusionLM
 from .decoder import GenerateOutput, output_of, start_run
 from .run import BlockChunk, Forward, Run
@@ -232,57 +234,21 @@ def _buckets(ready: list[Handle], ratio: float) -> list[list[Handle]]:
 
 
 def batched_forward(model: DiffusionLM, forwards: list[Forward]) -> list[torch.Tensor]:
-    """Several runs' forwards as one: ids padded to the longest, keys padded to the most, a
-    [B, N, K] mask that gives every run exactly its own keys, and a cache view that writes each
-    run's K/V into its own cache. Returns each forward's logits."""
-    dev = forwards[0].ids.device
-    sizes = [f.ids.shape[0] for f in forwards]
-    lens = [f.ids.shape[1] for f in forwards]
-    keys = [n if f.cache is None else f.cache.next_keys(n) for f, n in zip(forwards, lens, strict=True)]
-    big_n, big_k, total = max(lens), max(keys), sum(sizes)
-    ids = torch.zeros(total, big_n, dtype=torch.long, device=dev)
-    pos = torch.zeros(total, big_n, dtype=torch.long, device=dev)
-    mask = torch.zeros(total, big_n, big_k, dtype=torch.bool, device=dev)
-    parts, rows_b, rows_r, b0 = [], [], [], 0
-    for f, b, n, k in zip(forwards, sizes, lens, keys, strict=True):
-        ids[b0 : b0 + b, :n] = f.ids
-        pos[b0 : b0 + b, :n] = f.positions
-        mask[b0 : b0 + b, :n, :k] = _own_mask(f.key_mask, b, n, k, dev)
-        mask[b0 : b0 + b, n:, 0] = True  # padding queries see one key, so nothing is NaN
-        parts.append((f.cache, b0, b0 + b, n))
-        rows_b.append(f.logits_rows[0] + b0)
-        rows_r.append(f.logits_rows[1])
-        b0 += b
-    logits = model(ids, pos, cache=CacheGroup(parts, big_k), key_mask=mask,
-                   logits_rows=(torch.cat(rows_b), torch.cat(rows_r)))
-    return list(logits.split([len(r) for r in rows_b]))
-
-
-def _own_mask(key_mask: torch.Tensor | None, b: int, n: int, k: int, dev: torch.device) -> torch.Tensor:
-    if key_mask is None:
-        return torch.ones(b, n, k, dtype=torch.bool, device=dev)
-    if key_mask.dim() == 2:
-        return key_mask[:, None, :k].expand(b, n, k)
-    return key_mask
-
-
-class CacheGroup:
-    """The caches of a batched forward's runs seen as one: each run's rows write their own K/V
-    (padding queries write nothing) and attend to their keys, padded to the group's key count."""
-
-    def __init__(self, parts: Iterable[tuple[KVCache | None, int, int, int]], keys: int) -> None:
-        self.parts, self.keys = list(parts), keys
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ks, vs = [], []
-        for cache, b0, b1, n in self.parts:
-            ki, vi = k[b0:b1, :, :n], v[b0:b1, :, :n]
-            if cache is not None:
-                ki, vi = cache.update(layer, ki, vi)
-            pad = self.keys - ki.shape[2]
-            ks.append(torch.nn.functional.pad(ki, (0, 0, 0, pad)))
-            vs.append(torch.nn.functional.pad(vi, (0, 0, 0, pad)))
-        return torch.cat(ks), torch.cat(vs)
+    """Several runs' forwards as one packed forward: every run's fed tokens, row after row, in one
+    [1, N] row (no padding), and a ``PackedCaches`` view under which each run attends to exactly
+    its own keys, cache and mask, as alone. Returns each forward's logits."""
+    ids, pos, parts, rows, start = [], [], [], [], 0
+    for f in forwards:
+        b, n = f.ids.shape
+        ids.append(f.ids.reshape(-1))
+        pos.append(f.positions.expand(b, n).reshape(-1))
+        parts.append(PackedPart(f.cache, start, start + b * n, b, n, f.key_mask))
+        rows.append(start + f.logits_rows[0] * n + f.logits_rows[1])
+        start += b * n
+    flat = torch.cat(rows)
+    logits = model(torch.cat(ids)[None], torch.cat(pos)[None], cache=PackedCaches(parts),
+                   logits_rows=(torch.zeros_like(flat), flat))
+    return list(logits.split([len(r) for r in rows]))
 
 
 def generate_many(model: DiffusionLM, prompts: list[list[int]], configs: DecodeConfig | list[DecodeConfig],

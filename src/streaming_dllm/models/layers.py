@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kv_cache import KVCache
+from ..kv_cache import KVCache, PackedCaches
 
 
 class RMSNorm(nn.Module):
@@ -89,10 +89,11 @@ def attention(
     cos: torch.Tensor,
     sin: torch.Tensor,
     layer: int,
-    cache: KVCache | None,
+    cache: KVCache | PackedCaches | None,
     key_mask: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Bidirectional attention over [batch, heads, n, head_dim] tensors.
+    """Bidirectional attention over [batch, heads, n, head_dim] tensors (a ``PackedCaches``
+    forward: [1, heads, N, head_dim], attended run by run).
 
     RoPE is applied to the new queries and keys, the cache merges the new K/V with the cached
     ones, and kv head j serves query heads [j*H/KV, (j+1)*H/KV) (SDPA's ``enable_gqa`` where
@@ -102,8 +103,16 @@ def attention(
     """
     q = apply_rotary(q, cos, sin)
     k = apply_rotary(k, cos, sin)
+    if isinstance(cache, PackedCaches):
+        return cache.attention(layer, q, k, v, sdpa)
     if cache is not None:
         k, v = cache.update(layer, k, v)
+    return sdpa(q, k, v, key_mask)
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    """Scaled dot-product attention with a boolean key mask ([batch, keys] or [batch, queries,
+    keys]) and grouped K/V heads."""
     if key_mask is None:
         mask = None
     else:

@@ -63,7 +63,7 @@ def serve_entry(args: argparse.Namespace) -> int:
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
+    add_model_args(p, tensor_parallel=True)
     p.add_argument("--served-model-name", help="the model id clients send (default: --model as given)")
     p.add_argument("--method", default="streaming", choices=sorted(PRESETS), help="default decoding method")
     p.add_argument("--block-length", type=int, help="block length of every method")
