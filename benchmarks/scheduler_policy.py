@@ -7,7 +7,7 @@ engine; this drives ``engine.scheduler.Scheduler`` directly on the same mixed wo
 the server builds them), so the policies' difference is seen without that noise. A closed loop
 keeps ``--concurrency`` requests in flight (a new one is submitted as one finishes), like the
 server's clients. Modes: ``serial`` (``max_rows=1``: one request at a time, as ``--batching
-serial``), ``split`` and ``joint``. Rounds interleave the modes (order rotating) so machine-load
+serial``), ``split``, ``buckets`` and ``joint``. Rounds interleave the modes (order rotating) so machine-load
 drift hits all alike, and every request's tokens and nfe are checked equal across modes. Example::
 
     python benchmarks/scheduler_policy.py --requests 96 --rounds 3 --json /tmp/policy.json

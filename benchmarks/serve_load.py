@@ -372,21 +372,22 @@ def server_has_batching() -> bool:
 
 def server_flags(name: str, batch_size: int, has_batching: bool) -> list[str]:
     """The flags of one server mode: ``serial``, ``same-settings``, ``continuous`` (the default
-    buckets policy), ``continuous-split`` or ``continuous-joint``."""
+    split policy), ``continuous-split``, ``continuous-buckets`` or ``continuous-joint``."""
     if not has_batching:
         if name == "serial":
             return ["--max-batch-size", "1"]
         if name == "same-settings":
             return ["--max-batch-size", str(batch_size)]
         raise SystemExit(f"--servers {name}: this server has no --batching (no continuous batching yet)")
-    policies = {"continuous": "buckets", "continuous-split": "split", "continuous-joint": "joint"}
+    policies = {"continuous": "split", "continuous-split": "split", "continuous-buckets": "buckets",
+                "continuous-joint": "joint"}
     if name in policies:
         return ["--batching", "continuous", "--batch-policy", policies[name],
                 "--max-batch-size", str(batch_size)]
     if name in ("serial", "same-settings"):
         return ["--batching", name, "--max-batch-size", str(batch_size)]
     raise SystemExit(f"--servers {name}: one of serial, same-settings, continuous, continuous-split, "
-                     "continuous-joint")
+                     "continuous-buckets, continuous-joint")
 
 
 def package_origin() -> dict[str, str]:

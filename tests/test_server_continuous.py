@@ -420,7 +420,7 @@ def _parse(*argv: str):
 def test_batching_flags():
     s = settings_from_args(_parse())
     assert (s.batching, s.batch_policy, s.limits.max_rows_in_flight, s.limits.max_kv_tokens) == (
-        "continuous", "buckets", 64, 1 << 17)
+        "continuous", "split", 64, 1 << 17)
     s = settings_from_args(_parse("--batching", "same-settings", "--batch-policy", "joint",
                                   "--max-rows-in-flight", "8", "--max-kv-tokens", "4096"))
     assert (s.batching, s.batch_policy, s.limits.max_rows_in_flight, s.limits.max_kv_tokens) == (

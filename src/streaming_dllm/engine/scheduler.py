@@ -9,11 +9,12 @@ mask, its K/V written into its own cache), and sends each run its logits. A run 
 (its last block, early exit, a stop reached by the caller, cancellation) leaves at once; waiting
 requests join at the next step.
 
-Grouping (``policy``): ``joint`` runs all ready forwards as one packed forward; ``split`` runs
-long forwards (a block start: the kept prefix) apart from short ones (in-block steps), so a step
-of short rows does not wait for the long ones; ``buckets`` groups forwards whose fed and attended
-lengths are within ``bucket_ratio`` of each other (it mattered when forwards were padded to their
-longest row). Batching changes speed, not answers: a run's tokens are its solo tokens.
+Grouping (``policy``): ``split`` (the default) runs long forwards (a block start: the kept prefix)
+apart from short ones (in-block steps), so a step's short rows do not wait for the long ones;
+``joint`` runs all ready forwards as one packed forward; ``buckets`` groups forwards whose fed
+and attended lengths are within ``bucket_ratio`` of each other (it mattered when forwards were
+padded to their longest row). Batching changes speed, not answers: a run's tokens are its solo
+tokens.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class Scheduler:
     """Continuous batching over one model (not thread-safe: one thread calls ``step``)."""
 
     def __init__(self, model: DiffusionLM, max_rows: int = 64, max_tokens: int = 1 << 20,
-                 max_queue: int = 1024, policy: Policy = "buckets", long_tokens: int = 128,
+                 max_queue: int = 1024, policy: Policy = "split", long_tokens: int = 128,
                  bucket_ratio: float = 1.5) -> None:
         if policy not in ("split", "joint", "buckets"):
             raise ValueError(f"policy={policy!r}: must be 'split', 'joint' or 'buckets'")

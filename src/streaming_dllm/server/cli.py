@@ -83,10 +83,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continuous: requests with any settings join the running batch at every step "
                    "(default); same-settings: batches of identical settings, each run to its end; "
                    "serial: one request at a time")
-    p.add_argument("--batch-policy", default="buckets", choices=POLICIES,
-                   help="continuous batching: group forwards of similar lengths (buckets, default: the "
-                   "least padding), run block starts apart from in-block steps (split) or every ready "
-                   "forward together (joint)")
+    p.add_argument("--batch-policy", default="split", choices=POLICIES,
+                   help="continuous batching: run block starts apart from in-block steps (split, "
+                   "default), every ready forward together (joint), or forwards of similar lengths "
+                   "together (buckets); each group is one packed forward")
     defaults = Limits()
     g = p.add_argument_group("limits (a request outside them is refused; each flag has a range)")
     for name, text in _LIMIT_FLAGS.items():

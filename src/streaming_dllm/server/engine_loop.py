@@ -54,7 +54,7 @@ class EngineLoop:
     """The server's worker for continuous batching: a bounded inbox and one engine thread."""
 
     def __init__(self, model, limits: Limits, metrics: Metrics, end_ids: set[int], serial: bool = False,
-                 policy: Policy = "buckets") -> None:
+                 policy: Policy = "split") -> None:
         self.model, self.limits, self.metrics, self.end_ids = model, limits, metrics, end_ids
         self.policy = policy
         self._rows = 1 if serial else limits.max_rows_in_flight

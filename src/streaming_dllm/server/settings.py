@@ -14,7 +14,7 @@ from ..config import MAX_GEN_LENGTH, PRESETS, DecodeConfig, gen_length_for
 BATCHING = ("continuous", "same-settings", "serial")
 """Worker modes: continuous batching (any settings share each step), batches of identical
 settings run to their end, or one request at a time (for measurement)."""
-POLICIES = ("buckets", "split", "joint")
+POLICIES = ("split", "buckets", "joint")
 
 
 class SettingsError(ValueError):
@@ -128,7 +128,7 @@ class ServerSettings:
     limits: Limits = field(default_factory=Limits)
     base: DecodeConfig | None = None
     batching: str = "continuous"
-    batch_policy: str = "buckets"
+    batch_policy: str = "split"
 
     def decode_config(self, method: str | None = None, knobs: dict | None = None,
                       max_tokens: int = 1) -> DecodeConfig:
