@@ -5,7 +5,8 @@ its cores), loaded with the same closed-loop workload (``serve_load``'s mixed wo
 and stopped; rounds rotate the order so drift in the machine's load hits every configuration alike.
 Every answer is checked against the one-at-a-time answer of the single server. Configurations:
 
-* ``single``: ``python -m streaming_dllm.server --threads <cores>`` (no Ray);
+* ``single``: ``python -m streaming_dllm.server --threads <cores - 1>`` (no Ray; the other core
+  runs HTTP, as a replica's default threads leave one);
 * ``replicas-N``: ``python -m streaming_dllm serve --replicas N`` (each replica a share of the cores).
 
 Example (the figures in docs/scaling.md)::
@@ -42,8 +43,8 @@ from serve_load import (  # noqa: E402
 def command(config: str, port: int, common: list[str], cores: int) -> list[str]:
     """The server command of one configuration on ``port``."""
     if config == "single":
-        return [sys.executable, "-m", "streaming_dllm.server", "--port", str(port), "--threads", str(cores),
-                *common]
+        return [sys.executable, "-m", "streaming_dllm.server", "--port", str(port),
+                "--threads", str(max(1, cores - 1)), *common]
     if config.startswith("replicas-") and config[9:].isdigit():
         return [sys.executable, "-m", "streaming_dllm", "serve", "--port", str(port),
                 "--replicas", config[9:], *common]
