@@ -372,13 +372,17 @@ def server_has_batching() -> bool:
 
 def server_flags(name: str, batch_size: int, has_batching: bool) -> list[str]:
     """The flags of one server mode: ``serial``, ``same-settings``, ``continuous`` (the default
-    split policy), ``continuous-split``, ``continuous-buckets`` or ``continuous-joint``."""
+    split policy), ``continuous-split``, ``continuous-buckets`` or ``continuous-joint``; a suffix
+    ``-rowsN`` adds ``--max-rows-in-flight N`` (``continuous-rows8``)."""
     if not has_batching:
         if name == "serial":
             return ["--max-batch-size", "1"]
         if name == "same-settings":
             return ["--max-batch-size", str(batch_size)]
         raise SystemExit(f"--servers {name}: this server has no --batching (no continuous batching yet)")
+    base, sep, rows = name.rpartition("-rows")
+    if sep and rows.isdigit():
+        return [*server_flags(base, batch_size, has_batching), "--max-rows-in-flight", rows]
     policies = {"continuous": "split", "continuous-split": "split", "continuous-buckets": "buckets",
                 "continuous-joint": "joint"}
     if name in policies:
