@@ -89,6 +89,17 @@ def _deploy(args: argparse.Namespace, options: dict[str, Any], actor: dict[str, 
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
 
 
+def _serve_running() -> bool:
+    """Whether Ray Serve already runs on the cluster (its controller actor exists)."""
+    import ray
+
+    try:
+        ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
+    except ValueError:
+        return False
+    return True
+
+
 def run_serve_ray(args: argparse.Namespace) -> int:
     """Check every flag, start Ray (or join ``--ray-address``), deploy, and serve until SIGINT/SIGTERM."""
     _check(args)
@@ -112,6 +123,10 @@ def run_serve_ray(args: argparse.Namespace) -> int:
     options = {k: v for k, v in vars(args).items() if k != "func"} | {"threads": threads}
     signal.signal(signal.SIGTERM, _interrupt)
     board = ray.remote(ReplicaBoard).options(name=BOARD_NAME, num_cpus=0).remote()
+    serve_was_up = _serve_running()
+    if serve_was_up:
+        log.warning("Ray Serve already runs on this cluster: its HTTP proxy's host and port apply, not "
+                    "--host/--port; the app %r replaces one of that name", APP_NAME)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         try:
@@ -126,7 +141,10 @@ def run_serve_ray(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         log.info("shutting down")
     finally:
-        serve.shutdown()
+        if serve_was_up:
+            serve.delete(APP_NAME)  # the cluster's Serve, and its other apps, stay as they were
+        else:
+            serve.shutdown()
         ray.kill(board)
         if local:
             ray.shutdown()
