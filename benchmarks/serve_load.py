@@ -373,7 +373,8 @@ def server_has_batching() -> bool:
 def server_flags(name: str, batch_size: int, has_batching: bool) -> list[str]:
     """The flags of one server mode: ``serial``, ``same-settings``, ``continuous`` (the default
     split policy), ``continuous-split``, ``continuous-buckets`` or ``continuous-joint``; a suffix
-    ``-rowsN`` adds ``--max-rows-in-flight N`` (``continuous-rows8``)."""
+    ``-rowsN`` adds ``--max-rows-in-flight N`` (``continuous-rows8``), ``-stepN`` adds
+    ``--max-step-tokens N`` (``continuous-step384``)."""
     if not has_batching:
         if name == "serial":
             return ["--max-batch-size", "1"]
@@ -383,6 +384,9 @@ def server_flags(name: str, batch_size: int, has_batching: bool) -> list[str]:
     base, sep, rows = name.rpartition("-rows")
     if sep and rows.isdigit():
         return [*server_flags(base, batch_size, has_batching), "--max-rows-in-flight", rows]
+    base, sep, budget = name.rpartition("-step")
+    if sep and budget.isdigit():
+        return [*server_flags(base, batch_size, has_batching), "--max-step-tokens", budget]
     policies = {"continuous": "split", "continuous-split": "split", "continuous-buckets": "buckets",
                 "continuous-joint": "joint"}
     if name in policies:

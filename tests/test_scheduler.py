@@ -105,6 +105,35 @@ def test_concurrent_equals_solo_block_diffusion(family):
     _assert_same(model, reqs, _run_mixed(model, reqs, rng, policy="joint"))
 
 
+@pytest.mark.parametrize("budget", [1, 40])
+def test_step_token_budget_keeps_answers_and_serves_the_oldest_first(tiny_models, budget):
+    """``max_step_tokens``: a step feeds the oldest ready requests while their tokens fit (always
+    one), the others wait a step; every answer is still its solo answer."""
+    rng = random.Random(7)
+    model = tiny_models["llada"]
+    reqs = _mix(model, rng, _full_config, 900, n_requests=6)
+    sched = Scheduler(model, max_step_tokens=budget)
+    handles = [sched.submit(*req) for req in reqs]
+    outputs, waits = {}, 0
+    while sched.busy():
+        ready = [h for h in sched.active if h.pending is not None]
+        before = {h.id: h.pending for h in ready}
+        fed = {h.id: h.pending.ids.numel() for h in ready}
+        for ev in sched.step():
+            assert ev.kind in ("block", "done"), ev.error
+            if ev.kind == "done":
+                outputs[ev.handle.id] = ev.output
+        ran = [h.id for h in ready if h.pending is not before[h.id]]
+        waited = [h.id for h in ready if h.pending is before[h.id]]
+        assert ran or not ready, "a step runs at least one request"
+        assert not waited or max(ran) < min(waited), (ran, waited)  # the oldest go first
+        if len(ran) > 1:
+            assert sum(fed[i] for i in ran) <= budget
+        waits += len(waited)
+    assert waits > 0  # the budget did hold requests back
+    _assert_same(model, reqs, [outputs[h.id] for h in handles])
+
+
 def test_cancelled_and_failed_requests_leave_others_alone(tiny_models):
     model = tiny_models["llada"]
     rng = random.Random(3)

@@ -425,8 +425,10 @@ def test_batching_flags():
                                   "--max-rows-in-flight", "8", "--max-kv-tokens", "4096"))
     assert (s.batching, s.batch_policy, s.limits.max_rows_in_flight, s.limits.max_kv_tokens) == (
         "same-settings", "joint", 8, 4096)
+    assert settings_from_args(_parse("--max-step-tokens", "512")).limits.max_step_tokens == 512
     for argv, name in [(["--max-rows-in-flight", "0"], "max_rows_in_flight"),
-                       (["--max-kv-tokens", "0"], "max_kv_tokens")]:
+                       (["--max-kv-tokens", "0"], "max_kv_tokens"),
+                       (["--max-step-tokens", "-1"], "max_step_tokens")]:
         with pytest.raises(ValueError, match=name):
             settings_from_args(_parse(*argv))
     with pytest.raises(SystemExit):

@@ -84,11 +84,11 @@ class Scheduler:
 
     def __init__(self, model: DiffusionLM, max_rows: int = 64, max_tokens: int = 1 << 20,
                  max_queue: int = 1024, policy: Policy = "split", long_tokens: int = 128,
-                 bucket_ratio: float = 1.5) -> None:
+                 bucket_ratio: float = 1.5, max_step_tokens: int | None = None) -> None:
         if policy not in ("split", "joint", "buckets"):
             raise ValueError(f"policy={policy!r}: must be 'split', 'joint' or 'buckets'")
         self.model, self.policy, self.long_tokens = model, policy, long_tokens
-        self.bucket_ratio = bucket_ratio
+        self.bucket_ratio, self.max_step_tokens = bucket_ratio, max_step_tokens
         self.max_rows, self.max_tokens, self.max_queue = max_rows, max_tokens, max_queue
         self.waiting: deque[Handle] = deque()
         self.active: list[Handle] = []
@@ -129,7 +129,7 @@ class Scheduler:
         out: list[Event] = []
         self._admit(out)
         self._drop_cancelled(out)
-        for group in self._groups([h for h in self.active if h.pending is not None]):
+        for group in self._groups(self._this_step([h for h in self.active if h.pending is not None])):
             try:
                 results = self._forward([h.pending for h in group])
             except Exception as exc:  # a forward that fails fails its requests, no others
@@ -189,6 +189,21 @@ class Scheduler:
         if h in self.active:
             self.active.remove(h)
         out.append(event)
+
+    def _this_step(self, ready: list[Handle]) -> list[Handle]:
+        """The ready requests this step runs: all of them, or with ``max_step_tokens`` the oldest
+        first while their fed tokens fit (at least one), so a step's time is bounded and the
+        requests that have waited longest never wait for newer ones."""
+        if self.max_step_tokens is None:
+            return ready
+        chosen, fed = [], 0
+        for h in sorted(ready, key=lambda h: h.id):  # submission order, the same on every rank
+            n = h.pending.ids.numel()
+            if chosen and fed + n > self.max_step_tokens:
+                break
+            chosen.append(h)
+            fed += n
+        return chosen
 
     # ---------------------------------------------------------------- batched forwards
     def _groups(self, ready: list[Handle]) -> list[list[Handle]]:

@@ -73,7 +73,7 @@ class EngineLoop:
 
     def _scheduler(self, rows: int, name: str) -> Scheduler:
         options = dict(max_rows=rows, max_tokens=self.limits.max_kv_tokens, max_queue=UNBOUNDED_QUEUE,
-                       policy=self.policy)
+                       policy=self.policy, max_step_tokens=self.limits.max_step_tokens or None)
         leader = getattr(self.model, "lockstep", None)  # tensor parallel: the other ranks mirror it
         return Scheduler(self.model, **options) if leader is None else leader.scheduler(name, **options)
 

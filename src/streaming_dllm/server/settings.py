@@ -39,6 +39,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "max_stop_chars": (1, 4096),
     "max_batch_size": (1, 1024),
     "max_rows_in_flight": (1, 4096),
+    "max_step_tokens": (0, 1 << 24),
     "max_kv_tokens": (1, 1 << 31),
     "max_queue": (0, 100_000),
     "batch_wait_ms": (0, 10_000),
@@ -57,7 +58,9 @@ class Limits:
     ``max_batch_size`` bounds one request's rows (prompts x n) and, in same-settings batching, a
     batch's rows. In continuous batching ``max_rows_in_flight`` rows and ``max_kv_tokens``
     K/V positions (rows x (prompt + generation) of every running request) bound what decodes
-    at once; a lone request is always admitted. ``max_queue`` requests may wait; one more is
+    at once; a lone request is always admitted. ``max_step_tokens`` (0: no bound) bounds the
+    tokens one engine step feeds: the oldest requests go first, the newest wait for the next step.
+    ``max_queue`` requests may wait; one more is
     answered 429 at once. ``body_timeout_s`` is
     the longest a client may pause while sending its body (408 beyond). Each limit has the
     range ``BOUNDS`` gives.
@@ -73,6 +76,7 @@ class Limits:
     max_stop_chars: int = 64
     max_batch_size: int = 16
     max_rows_in_flight: int = 64
+    max_step_tokens: int = 0
     max_kv_tokens: int = 1 << 17
     max_queue: int = 64
     batch_wait_ms: float = 5.0
