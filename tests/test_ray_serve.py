@@ -50,11 +50,16 @@ def _health(url: str) -> dict:
         return {}
 
 
+def _log_tail(proc: subprocess.Popen) -> str:
+    path = getattr(proc, "log_path", None)
+    return path.read_text()[-3000:] if path is not None and path.exists() else ""
+
+
 def _wait_healthy(url: str, proc: subprocess.Popen, deadline_s: float, avoid_pid: int | None = None) -> dict:
     """Wait until both replicas report healthy (none of them ``avoid_pid``)."""
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
-        assert proc.poll() is None, "serve --replicas exited"
+        assert proc.poll() is None, "serve --replicas exited: " + _log_tail(proc)
         h = _health(url)
         pids = [r["pid"] for r in h.get("replicas", [])]
         if h.get("replicas_healthy") == 2 and avoid_pid not in pids:
@@ -64,14 +69,15 @@ def _wait_healthy(url: str, proc: subprocess.Popen, deadline_s: float, avoid_pid
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    log = tmp_path_factory.mktemp("ray") / "serve.log"
     proc = subprocess.Popen([sys.executable, "-m", "streaming_dllm", "serve", *FLAGS, "--replicas", "2",
                              "--threads", "1", "--port", str(port), "--log-level", "warning"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"), start_new_session=True)
+    proc.log_path = log
     try:
         _wait_healthy(url, proc, START_S)
         yield url, proc

@@ -114,9 +114,12 @@ def run_serve_ray(args: argparse.Namespace) -> int:
     local = args.ray_address is None
     own = {"num_cpus": os.cpu_count() or 1, "object_store_memory": _OBJECT_STORE_BYTES} if local else {}
     try:
-        ray.init(address=args.ray_address, namespace=BOARD_NAMESPACE, include_dashboard=False,
+        # "local": always a new instance of our own, never the last `ray start` cluster of this machine
+        ray.init(address=args.ray_address or "local", namespace=BOARD_NAMESPACE, include_dashboard=False,
                  logging_level=args.log_level.upper(), **own)
     except ConnectionError as exc:
+        if local:
+            raise ValueError(f"--replicas: could not start a local Ray instance: {exc}") from None
         raise ValueError(f"--ray-address {args.ray_address}: {exc}; a cluster with token authentication "
                          "also needs RAY_AUTH_MODE=token here") from None
     actor, threads = replica_resources(args, ray.cluster_resources())
