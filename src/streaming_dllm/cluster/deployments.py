@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import ray
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
@@ -166,6 +167,4 @@ class Gateway:
                                  f"{STALE_AFTER_S:g} s", value=sum(r["healthy"] for r in reports))
         failed = CounterMetricFamily("sdllm_replica_failures", "Requests answered 503 (or ended with an "
                                      "error event) because their replica stopped", value=self.failures)
-        from prometheus_client import CONTENT_TYPE_LATEST
-
         return Response(merge_metrics(reports, [live, failed]), media_type=CONTENT_TYPE_LATEST)

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..cli.options import require_extra
 from ..server.cli import settings_from_args
+from ..server.settings import Limits
 
 log = logging.getLogger("streaming_dllm.cluster")
 APP_NAME = "streaming-dllm"
@@ -42,8 +43,9 @@ def replica_resources(args: argparse.Namespace,
     return {"num_cpus": share}, args.threads or max(1, int(share) - 1)
 
 
-def _check(args: argparse.Namespace) -> None:
-    settings_from_args(args)
+def _check(args: argparse.Namespace) -> Limits:
+    """Every flag, as the single server checks it; returns the request limits the replicas get."""
+    limits = settings_from_args(args).limits
     if args.port == 0:
         raise ValueError("--port: give a port with --replicas (Ray Serve cannot bind port 0)")
     if (getattr(args, "tensor_parallel", None) or 1) > 1:
@@ -52,6 +54,7 @@ def _check(args: argparse.Namespace) -> None:
     for module in ("ray", "ray.serve", "fastapi", "prometheus_client"):
         require_extra(module, "cluster", "serve --replicas")
     _check_local_checkpoint(args.model)
+    return limits
 
 
 def _check_local_checkpoint(name: str) -> None:
@@ -71,12 +74,11 @@ def _check_local_checkpoint(name: str) -> None:
         raise ValueError(f"--model: {msg}") from None
 
 
-def _deploy(args: argparse.Namespace, options: dict[str, Any], actor: dict[str, Any]) -> None:
+def _deploy(args: argparse.Namespace, lim: Limits, options: dict[str, Any], actor: dict[str, Any]) -> None:
     from ray import serve
 
     from .deployments import EngineReplica, Gateway
 
-    lim = settings_from_args(args).limits
     per_replica = lim.max_rows_in_flight + lim.max_queue
     engine = serve.deployment(EngineReplica, name="engine", num_replicas=args.replicas,
                               ray_actor_options=actor, max_ongoing_requests=per_replica,
@@ -102,7 +104,7 @@ def _serve_running() -> bool:
 
 def run_serve_ray(args: argparse.Namespace) -> int:
     """Check every flag, start Ray (or join ``--ray-address``), deploy, and serve until SIGINT/SIGTERM."""
-    _check(args)
+    limits = _check(args)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     from ray import serve
@@ -133,7 +135,7 @@ def run_serve_ray(args: argparse.Namespace) -> int:
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         try:
-            _deploy(args, options, actor)
+            _deploy(args, limits, options, actor)
         except RuntimeError as exc:
             raise ValueError(f"--replicas: the engine replicas did not start ({exc}); the replica log "
                              "above has the cause") from None
