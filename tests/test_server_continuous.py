@@ -31,6 +31,7 @@ from streaming_dllm.server.errors import APIError
 from streaming_dllm.server.jobs import Failed, Job
 from streaming_dllm.server.metrics import Metrics
 from streaming_dllm.server.requests import Plan
+from streaming_dllm.server.settings import AUTO_STEP_TOKENS, step_tokens
 
 MODEL = "builtin"
 QUESTIONS = ["Tom has 12 apples. Tom finds 7 more apples. How many apples does Tom have now?",
@@ -426,9 +427,12 @@ def test_batching_flags():
     assert (s.batching, s.batch_policy, s.limits.max_rows_in_flight, s.limits.max_kv_tokens) == (
         "same-settings", "joint", 8, 4096)
     assert settings_from_args(_parse("--max-step-tokens", "512")).limits.max_step_tokens == 512
+    auto = settings_from_args(_parse()).limits.max_step_tokens
+    assert auto == -1 and step_tokens(auto, "cpu") == AUTO_STEP_TOKENS and step_tokens(auto, "cuda") is None
+    assert step_tokens(0, "cpu") is None and step_tokens(300, "cuda") == 300
     for argv, name in [(["--max-rows-in-flight", "0"], "max_rows_in_flight"),
                        (["--max-kv-tokens", "0"], "max_kv_tokens"),
-                       (["--max-step-tokens", "-1"], "max_step_tokens")]:
+                       (["--max-step-tokens", "-2"], "max_step_tokens")]:
         with pytest.raises(ValueError, match=name):
             settings_from_args(_parse(*argv))
     with pytest.raises(SystemExit):

@@ -88,6 +88,11 @@ class KVCache:
             self.keys[layer][rows, :, start:stop] = k[:, :, start:stop]
             self.values[layer][rows, :, start:stop] = v[:, :, start:stop]
 
+    @property
+    def keeps_input(self) -> bool:
+        """The next forward's K/V tensors become the buffers themselves (no copy is made)."""
+        return self._mode == "store" and self._reserve is None
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Record this layer's new K/V as the current mode says; return the K/V to attend to."""
         if self._mode == "store":
@@ -147,23 +152,28 @@ class PackedCaches:
 
     def attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                   attend: Attend) -> torch.Tensor:
-        """q, k, v of shape [1, heads, N, head_dim] -> the attention output, packed alike."""
-        out = []
+        """q, k, v of shape [1, heads, N, head_dim] -> the attention output, packed alike.
+
+        Each run's queries, keys and values are views of the packed tensors where they can be (one
+        row); a copy is made only where a cache keeps the tensor itself (a ``store()`` forward
+        without reserved slots). The outputs are written into one [1, N, heads, head_dim] buffer,
+        returned as its [1, heads, N, head_dim] view, so the model's transpose back costs no copy."""
+        out = q.new_empty(q.shape[0], q.shape[2], q.shape[1], q.shape[3])
         for p in self.parts:
             ki, vi = _unpack(k, p), _unpack(v, p)
             if p.cache is not None:
+                if p.cache.keeps_input:
+                    ki, vi = ki.contiguous(), vi.contiguous()
                 ki, vi = p.cache.update(layer, ki, vi)
-            out.append(_pack(attend(_unpack(q, p), ki, vi, p.key_mask)))
-        return torch.cat(out, dim=2)
+            o = attend(_unpack(q, p), ki, vi, p.key_mask)  # [rows, H, length, D]
+            out[0, p.start:p.stop].view(p.rows, p.length, o.shape[1], o.shape[3]).copy_(o.transpose(1, 2))
+        return out.transpose(1, 2)
 
 
 def _unpack(x: torch.Tensor, p: PackedPart) -> torch.Tensor:
-    """[1, H, N, D] -> this part's [rows, H, length, D] (contiguous: a cache may keep it)."""
+    """[1, H, N, D] -> this part's [rows, H, length, D] (a view for one row, else a copy)."""
     heads, dim = x.shape[1], x.shape[3]
-    return x[0, :, p.start:p.stop].reshape(heads, p.rows, p.length, dim).transpose(0, 1).contiguous()
-
-
-def _pack(x: torch.Tensor) -> torch.Tensor:
-    """[rows, H, length, D] -> [1, H, rows * length, D]."""
-    rows, heads, length, dim = x.shape
-    return x.transpose(0, 1).reshape(1, heads, rows * length, dim)
+    part = x[:, :, p.start:p.stop]
+    if p.rows == 1:
+        return part
+    return part.reshape(heads, p.rows, p.length, dim).transpose(0, 1)

@@ -193,16 +193,19 @@ class Scheduler:
     def _this_step(self, ready: list[Handle]) -> list[Handle]:
         """The ready requests this step runs: all of them, or with ``max_step_tokens`` the oldest
         first while their fed tokens fit (at least one), so a step's time is bounded and the
-        requests that have waited longest never wait for newer ones."""
+        requests that have waited longest never wait for newer ones (first come, first served:
+        what keeps the latency tail short). A forward larger than the budget on its own always
+        runs and is not counted, so a long request never starves the short ones behind it."""
         if self.max_step_tokens is None:
             return ready
         chosen, fed = [], 0
         for h in sorted(ready, key=lambda h: h.id):  # submission order, the same on every rank
             n = h.pending.ids.numel()
-            if chosen and fed + n > self.max_step_tokens:
-                break
-            chosen.append(h)
-            fed += n
+            if n > self.max_step_tokens:
+                chosen.append(h)
+            elif not chosen or fed + n <= self.max_step_tokens:
+                chosen.append(h)
+                fed += n
         return chosen
 
     # ---------------------------------------------------------------- batched forwards

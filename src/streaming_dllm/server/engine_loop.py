@@ -24,12 +24,17 @@ from ..text import answer_end
 from .errors import APIError
 from .jobs import Chunk, Done, Failed, Job, queue_full, shutting_down, worker_stopped
 from .metrics import Metrics
-from .settings import Limits
+from .settings import Limits, step_tokens
 
 log = logging.getLogger("streaming_dllm.server")
 
 UNBOUNDED_QUEUE = 1 << 30
 """The schedulers' own queue bound; the server's (``max_queue``, 429) is checked in ``submit``."""
+
+
+def _device_type(model) -> str:
+    param = next(model.parameters(), None)
+    return "cpu" if param is None else param.device.type
 
 
 @dataclass(eq=False)
@@ -57,6 +62,7 @@ class EngineLoop:
                  policy: Policy = "split") -> None:
         self.model, self.limits, self.metrics, self.end_ids = model, limits, metrics, end_ids
         self.policy = policy
+        self._step_tokens = step_tokens(limits.max_step_tokens, _device_type(model))
         self._rows = 1 if serial else limits.max_rows_in_flight
         self.main = self._scheduler(self._rows, "main")
         self.solo = self._scheduler(1, "solo")
@@ -73,7 +79,7 @@ class EngineLoop:
 
     def _scheduler(self, rows: int, name: str) -> Scheduler:
         options = dict(max_rows=rows, max_tokens=self.limits.max_kv_tokens, max_queue=UNBOUNDED_QUEUE,
-                       policy=self.policy, max_step_tokens=self.limits.max_step_tokens or None)
+                       policy=self.policy, max_step_tokens=self._step_tokens)
         leader = getattr(self.model, "lockstep", None)  # tensor parallel: the other ranks mirror it
         return Scheduler(self.model, **options) if leader is None else leader.scheduler(name, **options)
 

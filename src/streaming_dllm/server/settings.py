@@ -39,7 +39,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "max_stop_chars": (1, 4096),
     "max_batch_size": (1, 1024),
     "max_rows_in_flight": (1, 4096),
-    "max_step_tokens": (0, 1 << 24),
+    "max_step_tokens": (-1, 1 << 24),
     "max_kv_tokens": (1, 1 << 31),
     "max_queue": (0, 100_000),
     "batch_wait_ms": (0, 10_000),
@@ -50,6 +50,20 @@ BOUNDS: dict[str, tuple[float, float]] = {
 }
 
 
+AUTO_STEP_TOKENS = 512
+"""``max_step_tokens`` on a CPU when none is given: a CPU forward costs about the same per token
+from a few hundred tokens up, so a step of 512 loses little throughput and its short steps keep
+the oldest requests moving (measured in BENCHMARKS.md, "A token budget per step"). On a GPU extra
+rows are nearly free, so the default there is no bound."""
+
+
+def step_tokens(limit: int, device: str) -> int | None:
+    """The scheduler's step budget for the ``max_step_tokens`` limit on ``device`` (None: none)."""
+    if limit < 0:
+        return AUTO_STEP_TOKENS if device == "cpu" else None
+    return limit or None
+
+
 @dataclass
 class Limits:
     """Bounds enforced on every request; a request outside them is rejected, never clipped.
@@ -58,8 +72,9 @@ class Limits:
     ``max_batch_size`` bounds one request's rows (prompts x n) and, in same-settings batching, a
     batch's rows. In continuous batching ``max_rows_in_flight`` rows and ``max_kv_tokens``
     K/V positions (rows x (prompt + generation) of every running request) bound what decodes
-    at once; a lone request is always admitted. ``max_step_tokens`` (0: no bound) bounds the
-    tokens one engine step feeds: the oldest requests go first, the newest wait for the next step.
+    at once; a lone request is always admitted. ``max_step_tokens`` bounds the tokens one engine
+    step feeds: the oldest requests go first, the newest wait for the next step (0: no bound;
+    -1, the default: ``AUTO_STEP_TOKENS`` on a CPU, no bound on an accelerator).
     ``max_queue`` requests may wait; one more is
     answered 429 at once. ``body_timeout_s`` is
     the longest a client may pause while sending its body (408 beyond). Each limit has the
@@ -76,7 +91,7 @@ class Limits:
     max_stop_chars: int = 64
     max_batch_size: int = 16
     max_rows_in_flight: int = 64
-    max_step_tokens: int = 0
+    max_step_tokens: int = -1
     max_kv_tokens: int = 1 << 17
     max_queue: int = 64
     batch_wait_ms: float = 5.0
