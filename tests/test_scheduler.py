@@ -107,9 +107,9 @@ def test_concurrent_equals_solo_block_diffusion(family):
 
 @pytest.mark.parametrize("budget", [30, 60])
 def test_step_token_budget_keeps_answers_and_serves_the_oldest_first(tiny_models, budget):
-    """``max_step_tokens``: a step feeds the oldest ready requests while their tokens fit, first
-    fit in submission order (a forward larger than the budget always runs, uncounted), the others
-    wait a step; every answer is still its solo answer."""
+    """``max_step_tokens``: a step feeds the most urgent ready requests (``Handle.slack``) while
+    their tokens fit, first fit (a forward larger than the budget always runs, uncounted), the
+    others wait a step; every answer is still its solo answer."""
     rng = random.Random(7)
     model = tiny_models["llada"]
     reqs = _mix(model, rng, _full_config, 900, n_requests=8)
@@ -117,7 +117,7 @@ def test_step_token_budget_keeps_answers_and_serves_the_oldest_first(tiny_models
     handles = [sched.submit(*req) for req in reqs]
     outputs, waits, oversized = {}, 0, 0
     while sched.busy():
-        ready = sorted((h for h in sched.active if h.pending is not None), key=lambda h: h.id)
+        ready = sorted((h for h in sched.active if h.pending is not None), key=lambda h: (h.slack(), h.id))
         before = {h.id: h.pending for h in ready}
         fed = {h.id: h.pending.ids.numel() for h in ready}
         for ev in sched.step():
@@ -140,6 +140,32 @@ def test_step_token_budget_keeps_answers_and_serves_the_oldest_first(tiny_models
     assert waits > 0  # the budget held requests back
     assert oversized > 0 or budget > 30  # (with 30, some forwards are larger than the budget)
     _assert_same(model, reqs, [outputs[h.id] for h in handles])
+
+
+def test_the_budget_serves_first_what_needs_the_most_forwards(tiny_models):
+    """Under a step budget, urgency is age minus the forwards still needed (``Handle.slack``): a
+    vanilla request (one token per forward) submitted after a threshold-rule one is served
+    first, and the older one gets its turn once the vanilla request's forwards left are as few as
+    its own, before the vanilla request ends; both answers are their solo answers."""
+    model = tiny_models["llada"]
+    reqs = [([[5, 6, 7]], sd.DecodeConfig.preset("fast-dllm", gen_length=16, block_length=16), None),
+            ([[8, 9, 10]], sd.DecodeConfig.preset("vanilla", gen_length=16, block_length=16), None)]
+    sched = Scheduler(model, max_step_tokens=20)  # each forward feeds 19 tokens: one per step
+    early, late = (sched.submit(*r) for r in reqs)
+    outputs, ran = {}, []
+    while sched.busy():
+        nfe = {h.id: 0 if h.run is None else h.run.nfe for h in (early, late)}
+        for ev in sched.step():
+            if ev.kind == "done":
+                outputs[ev.handle.id] = ev.output
+        now = {h.id: h.run.nfe for h in (early, late)}
+        ran.append([i for i in nfe if now[i] > nfe[i]])
+    assert all(len(r) == 1 for r in ran), ran  # the budget fits one forward a step
+    first_early = next(i for i, r in enumerate(ran) if r == [early.id])
+    last_late = max(i for i, r in enumerate(ran) if r == [late.id])
+    assert ran[0] == [late.id] and first_early >= 8, ran  # the one needing 16 forwards goes first
+    assert first_early < last_late, ran  # ... but does not hold the older one until it ends
+    _assert_same(model, reqs, [outputs[early.id], outputs[late.id]])
 
 
 def test_a_forward_larger_than_the_budget_never_starves_the_others(tiny_models):

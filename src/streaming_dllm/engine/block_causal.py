@@ -74,9 +74,6 @@ def check_full_attention_config(cfg: DecodeConfig, family: str, sampler: str) ->
     if cfg.edit_threshold is not None:
         raise ConfigError("edit_threshold", f"DecodeConfig.edit_threshold: token editing is "
                           f"implemented for block-causal families only, not {family}")
-    if cfg.early_exit and cfg.early_exit_at == "eos":
-        raise ConfigError("early_exit_at", f"DecodeConfig.early_exit_at='eos': the {family} family "
-                          "exits after the block that holds EOS (early_exit_at='block')")
     if sampler == "gumbel" and (cfg.top_k or cfg.top_p < 1.0):
         name = "top_k" if cfg.top_k else "top_p"
         raise ConfigError(name, f"DecodeConfig.{name}: the {family} family's decoder samples by "

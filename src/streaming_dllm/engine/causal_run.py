@@ -14,7 +14,7 @@ import torch
 
 from ..kv_cache import KVCache
 from . import policies
-from .block_causal import causal_layout, causal_mask, check_causal_config, current_sub_block, eos_reached
+from .block_causal import causal_layout, causal_mask, check_causal_config, current_sub_block
 from .run import SCHEDULED, Rows, Run, Steps, _scheduled_select, call
 
 
@@ -118,9 +118,7 @@ class CausalRun(Run):
         if self.cfg.edit_threshold is not None:
             left = had | edited  # LLaDA2.1: a block ends at a forward that neither unmasks nor edits
         if self.cfg.early_exit and self.cfg.early_exit_at == "eos":
-            stop = eos_reached(rows.x, rows.gen_start, e, self.eos_id, self.mask_id)
-            self._stop_rows(rows, stop, e)
-            left = left & ~stop
+            left = left & ~self._stop_at_eos(rows, e)
         return self._drop(rows, left)
 
     def _drop(self, rows: Rows, keep: torch.Tensor) -> bool:
@@ -134,17 +132,6 @@ class CausalRun(Run):
         if not bool(keep.all()):
             rows.keep(torch.nonzero(keep).flatten())
         return True
-
-    def _stop_rows(self, rows: Rows, stop: torch.Tensor, e: int) -> None:
-        """Rows that reached their EOS stop now: what is still masked after it becomes EOS."""
-        if not bool(stop.any()):
-            return
-        idx = rows.idx[stop]
-        tail = rows.x[stop]
-        tail = torch.where((tail == self.mask_id), torch.full_like(tail, self.eos_id), tail)
-        rows.x[stop] = tail
-        self.x.index_copy_(0, idx, tail)
-        self.done[idx] = True
 
     # ------------------------------------------------------------------ what a forward feeds
     def _positions(self, rows: Rows, masked: torch.Tensor, s: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ from ..config import ConfigError, DecodeConfig
 from ..kv_cache import KVCache
 from ..models.base import DiffusionLM
 from . import policies
-from .block_causal import check_full_attention_config
+from .block_causal import check_full_attention_config, eos_reached
 from .cache_modes import MODES, CacheMode, Feed, logit_rows
 from .inputs import as_rows
 from .suffix import kept_columns
@@ -311,12 +311,27 @@ class Run:
             if gone:
                 self.done[rows.idx[gone]] = True
                 still[gone] = False
+        if self.cfg.early_exit and self.cfg.early_exit_at == "eos":
+            still &= ~self._stop_at_eos(rows, e)
         left = int(still.sum())
         if left == 0:
             return False
         if left < len(rows):
             rows.keep(torch.nonzero(still).flatten())
         return True
+
+    def _stop_at_eos(self, rows: Rows, e: int) -> torch.Tensor:
+        """``early_exit_at="eos"``: rows whose first EOS has no mask before it stop now, and what
+        is still masked in them becomes EOS (the answer before that EOS is already final)."""
+        stop = eos_reached(rows.x, rows.gen_start, e, self.eos_id, self.mask_id)
+        if bool(stop.any()):
+            idx = rows.idx[stop]
+            tail = rows.x[stop]
+            tail = torch.where(tail == self.mask_id, torch.full_like(tail, self.eos_id), tail)
+            rows.x[stop] = tail
+            self.x.index_copy_(0, idx, tail)
+            self.done[idx] = True
+        return stop
 
     def _commit(self, logits: torch.Tensor, cand: torch.Tensor, ratio: torch.Tensor, step: int,
                 rows: Rows) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,7 +32,7 @@ from ..config import DecodeConfig
 from ..kv_cache import PackedCaches, PackedPart
 from ..models.base import DiffusionLM
 from .decoder import GenerateOutput, output_of, start_run
-from .run import BlockChunk, Forward, Run
+from .run import SCHEDULED, BlockChunk, Forward, Run
 
 Policy = Literal["split", "joint", "buckets"]
 
@@ -65,6 +65,11 @@ class Handle:
     tag: Any = None
     submitted: float = field(default_factory=time.perf_counter)
     first_block: float | None = None
+    entered: int = 0
+    """The scheduler's step count when the request was submitted (its age, in steps)."""
+    blocks: int = 0
+    block_nfe: int = 0
+    """Blocks finished, and the forwards they took (``slack``'s estimate of the forwards left)."""
     run: Run | None = None
     events: Generator | None = None
     pending: Forward | None = None
@@ -72,6 +77,22 @@ class Handle:
     @property
     def rows(self) -> int:
         return len(self.prompts)
+
+    def slack(self) -> float:
+        """How urgent the request is under a step budget: its submission step minus the forwards
+        it still needs, so a request that needs many (one token per forward) is served as if it
+        had come that many steps earlier, and one that has waited long comes first. The
+        forwards left are exact for a step-scheduled rule (``steps``: one per scheduled step) and
+        estimated for a threshold rule (the forwards per finished block, 2 before the first one
+        ends, times the blocks left, less those of the current block). Only counts, never clocks:
+        every rank orders alike."""
+        cfg, run = self.config, self.run
+        if cfg.unmask in SCHEDULED:
+            left = cfg.total_steps - run.nfe
+        else:
+            per_block = self.block_nfe / self.blocks if self.blocks else 2.0
+            left = per_block * (cfg.num_blocks - self.blocks) - (run.nfe - self.block_nfe)
+        return self.entered - max(left, 1.0)
 
     @property
     def tokens(self) -> int:
@@ -95,6 +116,7 @@ class Scheduler:
         self._ids = itertools.count()
         self.forwards = 0
         self.rows_forwarded = 0
+        self.steps = 0
 
     # ---------------------------------------------------------------- requests
     def submit(self, prompts: list, config: DecodeConfig, seeds: list[int] | None = None,
@@ -102,7 +124,7 @@ class Scheduler:
         """Queue a request (prompt id lists, one per row); ``QueueFull`` when the queue is full."""
         if len(self.waiting) >= self.max_queue:
             raise QueueFull(f"the queue holds {self.max_queue} requests")
-        handle = Handle(next(self._ids), list(prompts), config, seeds, cancelled, tag)
+        handle = Handle(next(self._ids), list(prompts), config, seeds, cancelled, tag, entered=self.steps)
         self.waiting.append(handle)
         return handle
 
@@ -127,6 +149,7 @@ class Scheduler:
     def step(self) -> list[Event]:
         """Admit what fits, run one forward for every ready request, return what happened."""
         out: list[Event] = []
+        self.steps += 1
         self._admit(out)
         self._drop_cancelled(out)
         for group in self._groups(self._this_step([h for h in self.active if h.pending is not None])):
@@ -173,6 +196,7 @@ class Scheduler:
                 if h.first_block is None:
                     h.first_block = time.perf_counter()
                 out.append(Event(h, "block", chunk=event))
+                h.blocks, h.block_nfe = h.blocks + 1, h.run.nfe
                 event = next(h.events)
         except StopIteration:
             self._finish(h, Event(h, "done", output=output_of(h.run)), out)
@@ -191,15 +215,15 @@ class Scheduler:
         out.append(event)
 
     def _this_step(self, ready: list[Handle]) -> list[Handle]:
-        """The ready requests this step runs: all of them, or with ``max_step_tokens`` the oldest
-        first while their fed tokens fit (at least one), so a step's time is bounded and the
-        requests that have waited longest never wait for newer ones (first come, first served:
-        what keeps the latency tail short). A forward larger than the budget on its own always
-        runs and is not counted, so a long request never starves the short ones behind it."""
+        """The ready requests this step runs: all of them, or with ``max_step_tokens`` the most
+        urgent first (``Handle.slack``: the oldest, counting the forwards each still needs) while
+        their fed tokens fit, so a step's time is bounded and the requests closest to the latency
+        tail never wait for newer, shorter ones. A forward larger than the budget on its own
+        always runs and is not counted, so a long request never starves the short ones."""
         if self.max_step_tokens is None:
             return ready
         chosen, fed = [], 0
-        for h in sorted(ready, key=lambda h: h.id):  # submission order, the same on every rank
+        for h in sorted(ready, key=lambda h: (h.slack(), h.id)):
             n = h.pending.ids.numel()
             if n > self.max_step_tokens:
                 chosen.append(h)
