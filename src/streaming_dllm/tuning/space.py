@@ -23,10 +23,14 @@ ALPHAS = (0.0, 0.3, 0.6, 1.0)
 TAU0S = (0.7, 0.8, 0.9, 0.95)
 BLOCKS = (8, 16, 32, 64)
 CACHES = ("prefix", "dual")
-EARLY_EXIT = (True, False)
+EXITS: tuple[str | None, ...] = (None, "block", "eos")
+"""Early exit off, after the block holding EOS, or as soon as an EOS has no mask before it (the
+same answer as ``block`` in fewer forwards: the block's positions after the answer are not
+decoded)."""
 ANCHORS = ("streaming", "streaming-dual", "fast-dllm", "fast-dllm-dual")
 NEIGHBOURS: tuple[dict[str, object], ...] = tuple(
     {"cache": "dual", "window": w, "alpha": a, "threshold": t, "block_length": b}
+    | {"early_exit_at": "eos"}
     for w, a, t, b in (
         (32, 0.0, 0.9, 32),
         (32, 0.0, 0.95, 32),
@@ -43,9 +47,15 @@ NEIGHBOURS: tuple[dict[str, object], ...] = tuple(
         (64, 0.3, 0.95, 64),
         (16, 0.2, 0.9, 64),
     )
-) + ({"threshold": 0.95, "alpha": 0.1}, {"window": 16, "threshold": 0.95, "alpha": 0.1})
-"""Changes to the ``streaming`` preset tried on every full-attention model, before the random sample."""
-KNOBS = ("window", "alpha", "threshold", "block_length", "cache", "early_exit")
+) + tuple(
+    {"threshold": t, "alpha": a, "window": w, "early_exit_at": at}
+    for t, a, w, at in ((0.95, 0.1, 32, "block"), (0.95, 0.1, 16, "block"), (0.9, 0.3, 32, "eos"),
+                        (0.95, 0.1, 32, "eos"), (0.95, 0.0, 64, "eos"), (0.95, 0.0, None, "eos"))
+)
+"""Changes to the ``streaming`` preset tried on every full-attention model, before the random
+sample: the dual-cache ones exit as soon as EOS is final (``early_exit_at="eos"``: with a high
+tau0 the block's positions after the answer take many forwards, which this skips)."""
+KNOBS = ("window", "alpha", "threshold", "block_length", "cache", "early_exit", "early_exit_at")
 """The fields the search varies (the report's table columns)."""
 
 
@@ -60,9 +70,8 @@ class Candidate:
 def label(cfg: DecodeConfig) -> str:
     """A short name: ``W16 a0.6 t0.8 b32 dual ee``."""
     w = "full" if cfg.window is None else str(cfg.window)
-    return f"W{w} a{cfg.alpha:g} t{cfg.threshold:g} b{cfg.block_length} {cfg.cache}" + (
-        " ee" if cfg.early_exit else ""
-    )
+    exit_ = "" if not cfg.early_exit else " ee" if cfg.early_exit_at == "block" else " ee@eos"
+    return f"W{w} a{cfg.alpha:g} t{cfg.threshold:g} b{cfg.block_length} {cfg.cache}{exit_}"
 
 
 def cost(cfg: DecodeConfig) -> float:
@@ -72,6 +81,8 @@ def cost(cfg: DecodeConfig) -> float:
     width = cfg.block_length + (suffix if cfg.cache != "dual" else suffix / 4)
     blocks = min(cfg.num_blocks, 2) if cfg.early_exit else cfg.num_blocks
     steps = 1 + cfg.block_length * cfg.threshold * (1 - cfg.alpha / 2) / 4
+    if cfg.early_exit and cfg.early_exit_at == "eos":
+        steps *= 0.75
     return width * blocks * steps
 
 
@@ -83,7 +94,8 @@ def _grid(base: DecodeConfig, block_causal: bool) -> list[DecodeConfig]:
         else tuple(b for b in BLOCKS if b <= base.gen_length and base.gen_length % b == 0)
     )
     out = []
-    for w, a, t, b, c, e in itertools.product(windows, ALPHAS, TAU0S, blocks, CACHES, EARLY_EXIT):
+    exits = tuple(e for e in EXITS if not (block_causal and e == "eos"))
+    for w, a, t, b, c, e in itertools.product(windows, ALPHAS, TAU0S, blocks, CACHES, exits):
         out.append(
             base.replace(
                 unmask="dynamic",
@@ -93,7 +105,8 @@ def _grid(base: DecodeConfig, block_causal: bool) -> list[DecodeConfig]:
                 threshold=t,
                 block_length=b,
                 cache=c,
-                early_exit=e,
+                early_exit=e is not None,
+                early_exit_at=e or "block",
                 steps=None,
             )
         )
