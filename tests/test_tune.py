@@ -127,6 +127,24 @@ def test_space_seeds_streaming_neighbours_first():
     assert all(c.seeded for c in kept[: len(seeded)])
 
 
+def test_choice_prefers_accuracy_among_equally_fast_configs():
+    """The final pick: confirmed before accepted; among acceptable configs within SPEED_TIE of the
+    fastest, the most accurate; a clearly faster acceptable config still wins."""
+    cands = [search.Candidate(f"c{i}", DecodeConfig.preset("streaming", window=8 + i)) for i in range(4)]
+    base = _result([True] * 19 + [False])
+    v = {cands[0].config.key(): rule.judge(_result([True] * 18 + [False] * 2), base, 0.06),  # -5 points
+         cands[1].config.key(): rule.judge(_result([True] * 20), base, 0.06),  # +5 points
+         cands[2].config.key(): rule.judge(_result([True] * 19 + [False]), base, 0.06),  # equal
+         cands[3].config.key(): rule.judge(_result([False] * 20), base, 0.06)}  # rejected
+    assert [v[c.config.key()].status for c in cands] == ["accepted", "accepted", "accepted", "rejected"]
+    key = [c.config.key() for c in cands]
+    tie = {key[0]: 1.20, key[1]: 1.17, key[2]: 1.19, key[3]: 2.0}
+    assert search.choose(cands, v, tie) is cands[1]  # 1.17 is within 5% of 1.20: the most accurate
+    apart = {key[0]: 1.30, key[1]: 1.17, key[2]: 1.19, key[3]: 2.0}
+    assert search.choose(cands, v, apart) is cands[0]  # 1.30 is clearly faster
+    assert search.choose(cands[3:], v, tie) is None
+
+
 def test_relative_speed_is_paired_and_ignores_a_burst():
     ref = _result([True] * 9, seconds=1.0)
     fast = _result([True] * 9, seconds=0.8)

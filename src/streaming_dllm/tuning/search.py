@@ -31,6 +31,10 @@ from .tasks import Item
 FIRST_ROUND = 8
 KEEP_FAST = 4
 """Fastest not-rejected configs (within one answer of the tolerance) kept each round besides the half."""
+SPEED_TIE = 0.05
+"""Acceptable configs within this fraction of the fastest one's speed count as equally fast: the
+final choice among them is the most accurate (speeds measured on a shared machine differ by a
+few percent from run to run, while a point of accuracy is what the user asked to keep)."""
 
 
 @dataclass
@@ -175,11 +179,24 @@ def planned_rounds(n_dev: int, n0: int = FIRST_ROUND) -> int:
 def best(
     m: Measurer, baseline: Candidate, state: SearchState, epsilon: float
 ) -> tuple[Candidate | None, Verdict | None]:
-    """The fastest acceptable survivor (confirmed first; speed relative to the reference when the
-    search had one), or None when none is acceptable."""
+    """The chosen survivor (``choose``), or None when none is acceptable."""
     v = verdicts(m, baseline, state.survivors, epsilon)
-    ok = [c for c in state.survivors if v[c.config.key()] is not None and v[c.config.key()].ok]
-    if not ok:
-        return None, None
-    top = max(ok, key=lambda c: rank_key(v[c.config.key()], state.speeds.get(c.config.key())))
-    return top, v[top.config.key()]
+    top = choose(state.survivors, v, state.speeds)
+    return top, None if top is None else v[top.config.key()]
+
+
+def choose(cands: list[Candidate], v: dict[str, Verdict | None], speed: dict[str, float]) -> Candidate | None:
+    """Among the confirmed candidates if any, else the accepted ones, the most accurate of those
+    within ``SPEED_TIE`` of the fastest (``speed`` relative to the reference where known, else
+    tokens/s), then the faster; None when none is acceptable."""
+    ok = [c for c in cands if v[c.config.key()] is not None and v[c.config.key()].ok]
+    group = [c for c in ok if v[c.config.key()].status == "confirmed"] or ok
+    if not group:
+        return None
+
+    def fast(c: Candidate) -> float:
+        return rank_key(v[c.config.key()], speed.get(c.config.key()))[2]
+
+    top = max(fast(c) for c in group)
+    near = [c for c in group if fast(c) >= (1 - SPEED_TIE) * top]
+    return max(near, key=lambda c: (v[c.config.key()].delta, fast(c)))

@@ -94,8 +94,7 @@ def _grid(base: DecodeConfig, block_causal: bool) -> list[DecodeConfig]:
         else tuple(b for b in BLOCKS if b <= base.gen_length and base.gen_length % b == 0)
     )
     out = []
-    exits = tuple(e for e in EXITS if not (block_causal and e == "eos"))
-    for w, a, t, b, c, e in itertools.product(windows, ALPHAS, TAU0S, blocks, CACHES, exits):
+    for w, a, t, b, c, e in itertools.product(windows, ALPHAS, TAU0S, blocks, CACHES, EXITS):
         out.append(
             base.replace(
                 unmask="dynamic",
