@@ -174,8 +174,9 @@ def markdown(result: Any, epsilon: float, model_name: str) -> str:
         f"tokens/s {chosen_row['tok_s']:.1f} dev, {h.chosen.tok_s if h.chosen else math.nan:.1f} held out.",
         "",
         "Rule: d = paired accuracy difference, [lo, hi] its 95% interval (Bonett–Price). rejected: hi < −ε; "
-        "below: d < −ε; confirmed: lo ≥ −ε; accepted: otherwise. Among the confirmed configs if any, else "
-        "the accepted ones, the most accurate of those within 5% of the fastest wins; with none, the baseline.",
+        "below: d < −ε; confirmed: lo ≥ −ε; accepted: otherwise. Among the confirmed configs if any, "
+        "else the accepted ones, the most accurate of those within 5% of the fastest wins; with none, "
+        "the baseline.",
         "",
         "Rounds (successive halving): "
         + ", ".join(
