@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -30,15 +31,30 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 60)
             proc.wait()
 
 
+def _wait_for_head(head: subprocess.Popen, gcs: int, env: dict, timeout: float = 180) -> None:
+    """Until ``ray status`` answers: the head is up and has written its auth token (on a loaded
+    machine that takes longer than any fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert head.poll() is None, "ray start --head exited"
+        status = subprocess.run([RAY, "status", "--address", f"127.0.0.1:{gcs}"], env=env,
+                                capture_output=True, text=True, timeout=60)
+        if status.returncode == 0:
+            return
+        assert time.monotonic() < deadline, f"the Ray head did not come up: {status.stderr[-2000:]}"
+        time.sleep(1)
+
+
 def test_serve_joins_an_existing_cluster(tmp_path):
     gcs, port = _free_port(), _free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # the cluster's token, given to both sides
     head = subprocess.Popen([RAY, "start", "--head", "--block", "--port", str(gcs), "--num-cpus", "2",
                              "--include-dashboard", "false", "--disable-usage-stats"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     serve, log = None, tmp_path / "serve.log"
     try:
-        time.sleep(5)
+        _wait_for_head(head, gcs, env)
         serve = subprocess.Popen([sys.executable, "-m", "streaming_dllm", "serve", "--model", "builtin",
                                   "--replicas", "1", "--threads", "1", "--port", str(port),
                                   "--ray-address", f"127.0.0.1:{gcs}", "--log-level", "warning"],
