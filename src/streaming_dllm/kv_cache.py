@@ -154,10 +154,10 @@ class PackedCaches:
                   attend: Attend) -> torch.Tensor:
         """q, k, v of shape [1, heads, N, head_dim] -> the attention output, packed alike.
 
-        Each run's queries, keys and values are views of the packed tensors where they can be (one
-        row); a copy is made only where a cache keeps the tensor itself (a ``store()`` forward
-        without reserved slots). The outputs are written into one [1, N, heads, head_dim] buffer,
-        returned as its [1, heads, N, head_dim] view, so the model's transpose back costs no copy."""
+        Each run's queries, keys and values are views of the packed tensors; a copy is made only
+        where a cache keeps the tensor itself (a ``store()`` forward without reserved slots). The
+        outputs are written into one [1, N, heads, head_dim] buffer, returned as its
+        [1, heads, N, head_dim] view, so the model's transpose back costs no copy."""
         out = q.new_empty(q.shape[0], q.shape[2], q.shape[1], q.shape[3])
         for p in self.parts:
             ki, vi = _unpack(k, p), _unpack(v, p)
@@ -171,9 +171,6 @@ class PackedCaches:
 
 
 def _unpack(x: torch.Tensor, p: PackedPart) -> torch.Tensor:
-    """[1, H, N, D] -> this part's [rows, H, length, D] (a view for one row, else a copy)."""
+    """[1, H, N, D] -> this part's [rows, H, length, D], a view (no copy)."""
     heads, dim = x.shape[1], x.shape[3]
-    part = x[:, :, p.start:p.stop]
-    if p.rows == 1:
-        return part
-    return part.reshape(heads, p.rows, p.length, dim).transpose(0, 1)
+    return x[0, :, p.start:p.stop].view(heads, p.rows, p.length, dim).transpose(0, 1)

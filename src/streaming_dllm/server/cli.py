@@ -29,8 +29,8 @@ _LIMIT_FLAGS = {
     "max_prompts": "most prompts in one /v1/completions request",
     "max_batch_size": "most rows (prompts x n) of one request; same-settings: of one batch",
     "max_rows_in_flight": "continuous batching: most rows decoding at once",
-    "max_step_tokens": "continuous batching: most tokens one engine step feeds, oldest requests "
-                       "first (0: no bound; -1: 512 on a CPU, no bound on a GPU)",
+    "max_step_tokens": "continuous batching: most tokens one engine step feeds, most urgent "
+                       "requests first (0: no bound; -1: 512 on a CPU, no bound on a GPU)",
     "max_kv_tokens": "continuous batching: most K/V positions (rows x (prompt + generation)) at once",
     "max_queue": "most requests waiting for a batch (429 at once beyond)",
     "batch_wait_ms": "same-settings batching: how long an idle worker waits for more requests to batch",

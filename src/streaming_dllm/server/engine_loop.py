@@ -32,11 +32,6 @@ UNBOUNDED_QUEUE = 1 << 30
 """The schedulers' own queue bound; the server's (``max_queue``, 429) is checked in ``submit``."""
 
 
-def _device_type(model) -> str:
-    param = next(model.parameters(), None)
-    return "cpu" if param is None else param.device.type
-
-
 @dataclass(eq=False)
 class _Track:
     """The engine thread's view of one job: where it decodes and what the client already has."""
@@ -62,7 +57,7 @@ class EngineLoop:
                  policy: Policy = "split") -> None:
         self.model, self.limits, self.metrics, self.end_ids = model, limits, metrics, end_ids
         self.policy = policy
-        self._step_tokens = step_tokens(limits.max_step_tokens, _device_type(model))
+        self._step_tokens = step_tokens(limits.max_step_tokens, model.device.type)
         self._rows = 1 if serial else limits.max_rows_in_flight
         self.main = self._scheduler(self._rows, "main")
         self.solo = self._scheduler(1, "solo")

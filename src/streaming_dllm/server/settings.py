@@ -53,8 +53,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
 AUTO_STEP_TOKENS = 512
 """``max_step_tokens`` on a CPU when none is given: a CPU forward costs about the same per token
 from a few hundred tokens up, so a step of 512 loses little throughput and its short steps keep
-the oldest requests moving (measured in BENCHMARKS.md, "A token budget per step"). On a GPU extra
-rows are nearly free, so the default there is no bound."""
+the most urgent requests moving (measured in BENCHMARKS.md, "A token budget per step, most urgent
+first"). On a GPU extra rows are nearly free, so the default there is no bound."""
 
 
 def step_tokens(limit: int, device: str) -> int | None:
@@ -73,7 +73,8 @@ class Limits:
     batch's rows. In continuous batching ``max_rows_in_flight`` rows and ``max_kv_tokens``
     K/V positions (rows x (prompt + generation) of every running request) bound what decodes
     at once; a lone request is always admitted. ``max_step_tokens`` bounds the tokens one engine
-    step feeds: the oldest requests go first, the newest wait for the next step (0: no bound;
+    step feeds: the most urgent requests go first (``Handle.slack``), the others wait for the next
+    step (0: no bound;
     -1, the default: ``AUTO_STEP_TOKENS`` on a CPU, no bound on an accelerator).
     ``max_queue`` requests may wait; one more is
     answered 429 at once. ``body_timeout_s`` is
