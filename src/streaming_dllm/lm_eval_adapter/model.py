@@ -95,14 +95,15 @@ def _resolve_distributed(device: str | None) -> tuple[int, int, str | None]:
         return 0, 1, device
     import torch.distributed as dist
 
+    from ..parallel.group import join_process_group
+
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     else:
         device = "cpu"
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    join_process_group("cuda" if device.startswith("cuda") else "cpu")
     return dist.get_rank(), dist.get_world_size(), device
 
 

@@ -1,1 +1,2 @@
-"""Scale-out inside one model: tensor parallel (``tensor``) and the serving lockstep (``lockstep``)."""
+"""Scale-out inside one model: tensor parallel (``tensor``), the serving lockstep (``lockstep``) and
+joining torchrun's process group (``group``)."""

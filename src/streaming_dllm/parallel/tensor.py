@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.base import DiffusionLM, TensorParallelPlan
+from .group import join_process_group
 
 MAX_TENSOR_PARALLEL = 64
 Take = Callable[[torch.Tensor], torch.Tensor]
@@ -74,7 +75,7 @@ def init_tensor_parallel(size: int, device: torch.device) -> TensorParallel:
         if not launched_by_torchrun():
             raise ValueError(f"tensor_parallel={size} needs one process per rank: launch with "
                              f"torchrun --nproc_per_node {size} -m streaming_dllm ... (or your script)")
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        join_process_group(device.type)
     world = dist.get_world_size()
     if world != size:
         raise ValueError(f"tensor_parallel={size}: the process group has {world} ranks; launch with "
