@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..kv_cache import KVCache
-from .layers import Rotary
+from .layers import Rotary, padded_rows
 
 LogitRows = slice | tuple[torch.Tensor, torch.Tensor] | None
 """Which fed rows get logits: all (None), a slice of every batch row ([B, k, V]), or flat
@@ -254,13 +254,14 @@ class DiffusionLM(nn.Module):
         embed, layers, norm, head = self.parts()
         x = embed(input_ids)
         cos, sin = self.rotary.cos_sin(position_ids)
+        last, lead = len(layers) - 1, None
         for i, layer in enumerate(layers):
-            x = layer(x, cos, sin, i, cache, key_mask)
-        if isinstance(logits_rows, tuple):
-            x = x[logits_rows]
-        elif logits_rows is not None:
-            x = x[:, logits_rows]
-        return head(norm(x))
+            x = layer.attend(x, cos, sin, i, cache, key_mask)
+            if i == last and logits_rows is not None:
+                x, lead = _logit_inputs(x, logits_rows)
+            x = layer.feed_forward(x)
+        logits = head(norm(x))
+        return logits if lead is None else logits[: lead.numel()].view(*lead, logits.shape[-1])
 
     @property
     def device(self) -> torch.device:
@@ -280,6 +281,14 @@ class DiffusionLM(nn.Module):
         archs = config.get("architectures")
         archs = archs if isinstance(archs, list) else []
         return model_type in cls.model_types or bool({str(a) for a in archs} & set(cls.architectures))
+
+
+def _logit_inputs(x: torch.Tensor, rows: slice | tuple[torch.Tensor, torch.Tensor]
+                  ) -> tuple[torch.Tensor, torch.Size]:
+    """The rows that get logits, flat and padded (``layers.padded_rows``), and the leading shape
+    their logits take: [K] for (batch, row) pairs, [B, k] for a slice of every batch row."""
+    picked = x[rows] if isinstance(rows, tuple) else x[:, rows]
+    return padded_rows(picked.reshape(-1, x.shape[-1])), picked.shape[:-1]
 
 
 def _set_param(root: nn.Module, name: str, param: nn.Parameter) -> None:

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..kv_cache import KVCache
 from .base import QWEN_LAYOUT_TP_PLAN, DiffusionLM, FamilyTraits
-from .layers import GatedMLP, RMSNorm, Rotary, attention
+from .layers import DecoderLayer, GatedMLP, RMSNorm, Rotary, attention
 
 
 class DreamAttention(nn.Module):
@@ -28,7 +28,7 @@ class DreamAttention(nn.Module):
         self.o_proj = nn.Linear(heads * hd, d, bias=False)
 
 
-class DreamLayer(nn.Module):
+class DreamLayer(DecoderLayer):
     def __init__(self, d: int, heads: int, kv_heads: int, hidden: int, eps: float) -> None:
         super().__init__()
         self.self_attn = DreamAttention(d, heads, kv_heads)
@@ -36,7 +36,7 @@ class DreamLayer(nn.Module):
         self.input_layernorm = RMSNorm(d, eps)
         self.post_attention_layernorm = RMSNorm(d, eps)
 
-    def forward(self, x, cos, sin, layer: int, cache: KVCache | None, key_mask) -> torch.Tensor:
+    def attend(self, x, cos, sin, layer: int, cache: KVCache | None, key_mask) -> torch.Tensor:
         b, n, _ = x.shape
         a = self.self_attn
         h = self.input_layernorm(x)
@@ -44,7 +44,9 @@ class DreamLayer(nn.Module):
         k = a.k_proj(h).view(b, n, a.kv_heads, a.hd).transpose(1, 2)
         v = a.v_proj(h).view(b, n, a.kv_heads, a.hd).transpose(1, 2)
         o = attention(q, k, v, cos, sin, layer, cache, key_mask)
-        x = x + a.o_proj(o.transpose(1, 2).reshape(b, n, -1))
+        return x + a.o_proj(o.transpose(1, 2).reshape(b, n, -1))
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.mlp(self.post_attention_layernorm(x))
 
 

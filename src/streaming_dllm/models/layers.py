@@ -8,6 +8,40 @@ from torch import nn
 
 from ..kv_cache import KVCache, PackedCaches
 
+MIN_GEMM_ROWS = 4
+"""A float32 product over 1 to 3 rows takes another CPU kernel (a matrix-vector path) that rounds
+differently from the one over 4 rows or more (measured on torch's CPU BLAS, and for attention's
+query blocks alike): a row's result would depend on how many rows share the product. Row subsets
+(the rows that get logits, an expert's tokens) are padded to this many rows, so a row computes
+the same alone, in a batch, or inside a whole-sequence forward."""
+
+
+def padded_rows(x: torch.Tensor) -> torch.Tensor:
+    """Flat rows ``x`` [T, d], the first one repeated up to ``MIN_GEMM_ROWS`` rows when T is
+    fewer (the caller drops the extra outputs)."""
+    short = MIN_GEMM_ROWS - x.shape[0]
+    if short <= 0 or x.shape[0] == 0:
+        return x
+    return torch.cat([x, x[:1].expand(short, -1)])
+
+
+class DecoderLayer(nn.Module):
+    """A pre-norm layer in two halves: ``attend`` (attention plus its residual, over every fed
+    position: their K/V go to the cache) and ``feed_forward`` (norm, MLP plus its residual, a
+    per-position map). The shared forward runs the last layer's feed-forward only on the rows
+    that get logits, since no other position's output is read."""
+
+    def attend(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer: int,
+               cache: KVCache | PackedCaches | None, key_mask: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer: int,
+                cache: KVCache | PackedCaches | None, key_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.feed_forward(self.attend(x, cos, sin, layer, cache, key_mask))
+
 
 class RMSNorm(nn.Module):
     """``w * x * rsqrt(mean(x^2) + eps)`` computed in float32, no +1 on the weight."""

@@ -15,10 +15,10 @@ from torch import nn
 
 from ..kv_cache import KVCache
 from .base import DiffusionLM, FamilyTraits, TensorParallelPlan
-from .layers import RMSNorm, Rotary, attention
+from .layers import DecoderLayer, RMSNorm, Rotary, attention
 
 
-class LLaDABlock(nn.Module):
+class LLaDABlock(DecoderLayer):
     def __init__(self, d: int, heads: int, kv_heads: int, hidden: int, eps: float, bias: bool) -> None:
         super().__init__()
         hd = d // heads
@@ -33,14 +33,16 @@ class LLaDABlock(nn.Module):
         self.up_proj = nn.Linear(d, hidden, bias=bias)
         self.ff_out = nn.Linear(hidden, d, bias=bias)
 
-    def forward(self, x, cos, sin, layer: int, cache: KVCache | None, key_mask) -> torch.Tensor:
+    def attend(self, x, cos, sin, layer: int, cache: KVCache | None, key_mask) -> torch.Tensor:
         b, n, _ = x.shape
         h = self.attn_norm(x)
         q = self.q_proj(h).view(b, n, self.heads, self.hd).transpose(1, 2)
         k = self.k_proj(h).view(b, n, self.kv_heads, self.hd).transpose(1, 2)
         v = self.v_proj(h).view(b, n, self.kv_heads, self.hd).transpose(1, 2)
         a = attention(q, k, v, cos, sin, layer, cache, key_mask)
-        x = x + self.attn_out(a.transpose(1, 2).reshape(b, n, -1))
+        return x + self.attn_out(a.transpose(1, 2).reshape(b, n, -1))
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.ff_norm(x)
         return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
 

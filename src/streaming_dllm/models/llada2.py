@@ -18,7 +18,7 @@ from torch import nn
 
 from ..kv_cache import KVCache
 from .base import DiffusionLM, FamilyTraits, TensorParallelPlan
-from .layers import GatedMLP, RMSNorm, Rotary, attention
+from .layers import DecoderLayer, GatedMLP, RMSNorm, Rotary, attention
 from .moe import SparseMoE
 
 DEFAULT_MASK_ID = 156895
@@ -99,7 +99,7 @@ class LLaDA2Attention(nn.Module):
         return self.dense(o.transpose(1, 2).reshape(b, n, -1))
 
 
-class LLaDA2Layer(nn.Module):
+class LLaDA2Layer(DecoderLayer):
     def __init__(self, config: dict[str, Any], index: int) -> None:
         super().__init__()
         d, eps = config["hidden_size"], config["rms_norm_eps"]
@@ -109,8 +109,10 @@ class LLaDA2Layer(nn.Module):
         self.input_layernorm = RMSNorm(d, eps)
         self.post_attention_layernorm = RMSNorm(d, eps)
 
-    def forward(self, x, cos, sin, layer: int, cache: KVCache | None, key_mask) -> torch.Tensor:
-        x = x + self.attention(self.input_layernorm(x), cos, sin, layer, cache, key_mask)
+    def attend(self, x, cos, sin, layer: int, cache: KVCache | None, key_mask) -> torch.Tensor:
+        return x + self.attention(self.input_layernorm(x), cos, sin, layer, cache, key_mask)
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.mlp(self.post_attention_layernorm(x))
 
 

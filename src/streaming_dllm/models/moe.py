@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import GatedMLP
+from .layers import GatedMLP, padded_rows
 
 
 class Router(nn.Module):
@@ -66,14 +66,19 @@ class SparseMoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
+        tokens = flat.shape[0]
+        if tokens == 0:
+            return torch.zeros_like(x)
+        flat = padded_rows(flat)  # a token's routing and output do not depend on its company
         idx, w = self.gate(flat)
-        y = self.dispatch(flat, idx, w).view_as(x)
+        y = self.dispatch(flat, idx, w)
         if self.shared_experts is not None:
-            y = y + self.shared_experts(x)
-        return y
+            y = y + self.shared_experts(flat)
+        return y[:tokens].view_as(x)
 
     def dispatch(self, flat: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """``sum_j w[t, j] * expert[idx[t, j]](flat[t])``: one matmul per active expert."""
+        """``sum_j w[t, j] * expert[idx[t, j]](flat[t])``: one matmul per active expert, over at
+        least ``MIN_GEMM_ROWS`` rows (an expert's token count varies with the batch)."""
         k = idx.shape[1]
         order = idx.reshape(-1).argsort()
         tokens = flat[order // k]
@@ -81,7 +86,7 @@ class SparseMoE(nn.Module):
         outs, start = [], 0
         for e, count in enumerate(counts):
             if count:
-                outs.append(self.experts[e](tokens[start:start + count]))
+                outs.append(self.experts[e](padded_rows(tokens[start:start + count]))[:count])
                 start += count
         sorted_out = torch.cat(outs) if outs else tokens[:0]
         slot_out = torch.empty_like(sorted_out)

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..kv_cache import KVCache
 from .base import QWEN_LAYOUT_TP_PLAN, DiffusionLM, FamilyTraits
-from .layers import GatedMLP, RMSNorm, Rotary, attention
+from .layers import DecoderLayer, GatedMLP, RMSNorm, Rotary, attention
 
 
 class QwenAttention(nn.Module):
@@ -50,8 +50,8 @@ class QwenAttention(nn.Module):
         return self.o_proj(o.transpose(1, 2).reshape(b, n, -1))
 
 
-class QwenLayer(nn.Module):
-    """Pre-norm decoder layer: x + attn(norm(x)), then x + mlp(norm(x))."""
+class QwenLayer(DecoderLayer):
+    """Pre-norm decoder layer: x + attn(norm(x)) (``attend``), then x + mlp(norm(x)) (``feed_forward``)."""
 
     def __init__(self, d: int, heads: int, kv_heads: int, hd: int, hidden: int, eps: float,
                  qkv_bias: bool, qk_norm: bool) -> None:
@@ -61,9 +61,11 @@ class QwenLayer(nn.Module):
         self.input_layernorm = RMSNorm(d, eps)
         self.post_attention_layernorm = RMSNorm(d, eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer: int,
-                cache: KVCache | None, key_mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layer, cache, key_mask)
+    def attend(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer: int,
+               cache: KVCache | None, key_mask: torch.Tensor | None) -> torch.Tensor:
+        return x + self.self_attn(self.input_layernorm(x), cos, sin, layer, cache, key_mask)
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
