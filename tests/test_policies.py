@@ -96,3 +96,38 @@ def test_kept_columns_window_and_tail():
     assert kept_columns(40, 72, None, 1).tolist() == list(range(72))
     assert kept_columns(40, 50, 16, 1).tolist() == list(range(50))  # <= W positions follow
     assert kept_columns(40, 72, 0, 2).tolist() == list(range(40)) + [70, 71]
+
+
+def _forward(rows: int, scoring):
+    from streaming_dllm.engine.run import Forward
+
+    empty = torch.zeros(0, dtype=torch.long)
+    return Forward(torch.zeros(1, rows, dtype=torch.long), torch.zeros(1, rows, dtype=torch.long), None, None,
+                   (empty, empty), scoring)
+
+
+def test_scoring_many_forwards_at_once_equals_scoring_each_alone():
+    """The scheduler scores every greedy forward of a step in one call per kind of scoring; each
+    forward's tokens and confidences must be bit for bit those it gets scored alone."""
+    from streaming_dllm.engine.run import Scoring, score_forwards
+
+    g = torch.Generator().manual_seed(0)
+    kinds = [Scoring("low_confidence", torch.float64, 3), Scoring("entropy", torch.float32, 3),
+             Scoring("margin", torch.float64, None), None]
+    sizes = [1, 5, 3, 16, 2, 7, 1, 4]
+    logits = [torch.randn(n, 50, generator=g) * 4 for n in sizes]
+    logits[1][:, 3] = 99.0  # the excluded id is the argmax: never chosen
+    together = [_forward(n, kinds[i % len(kinds)]) for i, n in enumerate(sizes)]
+    score_forwards(together, [t.clone() for t in logits])
+    for i, (f, lg) in enumerate(zip(together, logits, strict=True)):
+        alone = _forward(sizes[i], f.scoring)
+        score_forwards([alone], [lg.clone()])
+        if f.scoring is None:
+            assert f.scored is None and alone.scored is None
+            continue
+        assert torch.equal(f.scored[0], alone.scored[0]) and torch.equal(f.scored[1], alone.scored[1])
+        tok, sc = policies.choose_tokens(lg[None].clone(), f.scoring.remasking, 0.0, f.scoring.dtype, None,
+                                         exclude=f.scoring.exclude)
+        assert torch.equal(f.scored[0], tok[0]) and torch.equal(f.scored[1], sc[0])
+        if f.scoring.exclude is not None:
+            assert not (f.scored[0] == f.scoring.exclude).any()

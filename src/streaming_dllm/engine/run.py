@@ -48,17 +48,53 @@ class BlockChunk:
         return self.tokens[r, start:].tolist()
 
 
+Scored = tuple[torch.Tensor, torch.Tensor]
+"""A greedy forward's token choice and confidence, per logits row ([K] each)."""
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How a greedy run scores its logits rows (argmax never the ``exclude`` id, confidence by
+    ``remasking`` in ``dtype``): forwards that score alike are scored in one call."""
+
+    remasking: str
+    dtype: torch.dtype
+    exclude: int | None
+
+
 @dataclass
 class Forward:
     """One model call a run is waiting for: ``model(ids, positions, cache=..., key_mask=...,
     logits_rows=...)``. A run yields it and is sent back the logits, so the same loop runs alone
-    (``drive``) or with other requests in one batched forward (``scheduler``)."""
+    (``drive``) or with other requests in one batched forward (``scheduler``). A greedy run also
+    names its ``scoring``; the caller then fills ``scored`` (token and confidence per logits row,
+    ``score_forwards``) before sending the logits."""
 
     ids: torch.Tensor
     positions: torch.Tensor
     cache: KVCache | None
     key_mask: torch.Tensor | None
     logits_rows: tuple[torch.Tensor, torch.Tensor]
+    scoring: Scoring | None = None
+    scored: Scored | None = None
+
+
+def score_forwards(forwards: list[Forward], logits: list[torch.Tensor]) -> None:
+    """Fill ``scored`` of every forward that names a ``scoring``, one ``choose_tokens`` call per
+    kind of scoring over all their logits rows: the per-row cost of a step's scoring is paid once,
+    not once per request. Every operation in it works row by row (argmax, gather, logsumexp over
+    the vocabulary), so a row's token and confidence are the same as when it is scored alone."""
+    kinds: dict[Scoring, list[int]] = {}
+    for i, f in enumerate(forwards):
+        if f.scoring is not None:
+            kinds.setdefault(f.scoring, []).append(i)
+    for kind, members in kinds.items():
+        rows = [logits[i] for i in members]
+        flat = rows[0] if len(rows) == 1 else torch.cat(rows)
+        tok, sc = policies.choose_tokens(flat[None], kind.remasking, 0.0, kind.dtype, None, kind.exclude)
+        sizes = [r.shape[0] for r in rows]
+        for i, t, c in zip(members, tok[0].split(sizes), sc[0].split(sizes), strict=True):
+            forwards[i].scored = (t, c)
 
 
 Steps = Generator[Forward, torch.Tensor, None]
@@ -72,6 +108,12 @@ def call(ids: torch.Tensor, positions: torch.Tensor, cache: KVCache | None, key_
     return logits
 
 
+def call_scored(forward: Forward) -> Generator[Forward, torch.Tensor, tuple[torch.Tensor, Scored | None]]:
+    """Ask for one forward that names its scoring: ``logits, scored = yield from call_scored(f)``."""
+    logits = yield forward
+    return logits, forward.scored
+
+
 def drive(model: DiffusionLM, events: Generator) -> Iterator[BlockChunk]:
     """Run one run's events alone: every forward goes to the model, block chunks come out."""
     event = next(events, None)
@@ -79,6 +121,7 @@ def drive(model: DiffusionLM, events: Generator) -> Iterator[BlockChunk]:
         if isinstance(event, Forward):
             logits = model(event.ids, event.positions, cache=event.cache, key_mask=event.key_mask,
                            logits_rows=event.logits_rows)
+            score_forwards([event], [logits])
             event = _send(events, logits)
         else:
             yield event
@@ -260,8 +303,8 @@ class Run:
         bound = cfg.max_block_steps
         for step in range(bound):
             feed = mode.feed(step, s, e, kept.numel())
-            logits, cand, ratio = yield from self._forward(rows, mode, feed, kept, step, s, e)
-            commit, x0 = self._commit(logits, cand, ratio, step, rows)
+            logits, scored, cand, ratio = yield from self._forward(rows, mode, feed, kept, step, s, e)
+            commit, x0 = self._commit(logits, scored, cand, ratio, step, rows)
             if step == bound - 1:
                 commit = cand  # the step bound: the block ends whatever the logits say
             block = rows.x[:, s:e]
@@ -271,8 +314,10 @@ class Run:
                 return
 
     def _forward(self, rows: Rows, mode: CacheMode, feed: Feed, kept: torch.Tensor, step: int, s: int,
-                 e: int) -> Generator[Forward, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Run one forward for ``rows``: (logits of the needed block positions, candidates, r_mask).
+                 e: int) -> Generator[Forward, torch.Tensor,
+                                      tuple[torch.Tensor, Scored | None, torch.Tensor, torch.Tensor]]:
+        """Run one forward for ``rows``: (logits of the needed block positions, their scores when
+        greedy, candidates, r_mask).
 
         Greedy decoding needs logits only where the block is still masked, so the LM head runs
         on those rows alone; sampling draws noise for every block position, so it gets them all.
@@ -289,7 +334,8 @@ class Run:
         else:
             b, j = cand.nonzero(as_tuple=True)
             want = (b, src[j])
-        logits = yield from call(ids, rows.pos[:, feed.lo : feed.hi], rows.cache, rows.keys, want)
+        fwd = Forward(ids, rows.pos[:, feed.lo : feed.hi], rows.cache, rows.keys, want, self._scoring)
+        logits, scored = yield from call_scored(fwd)
         if self._sampling:
             logits = logits.view(len(rows), e - s, -1)
         self.nfe += 1
@@ -297,11 +343,18 @@ class Run:
             self.row_nfe[i] += 1
             self.tokens_fed[i] += ids.shape[1]
         masked = (ids[:, s - feed.lo :] == self.mask_id).sum(-1)
-        return logits, cand, masked.to(torch.float64) / (kept.numel() - s)
+        return logits, scored, cand, masked.to(torch.float64) / (kept.numel() - s)
 
     @property
     def _sampling(self) -> bool:
         return self.cfg.temperature > 0 or self.cfg.remasking == "random"
+
+    @property
+    def _scoring(self) -> Scoring | None:
+        """What a greedy forward's logits rows are scored by (None when sampling: row-wise draws)."""
+        if self._sampling:
+            return None
+        return Scoring(self.cfg.remasking, self.traits.confidence_dtype, self.mask_id)
 
     def _continue(self, rows: Rows, s: int, e: int) -> bool:
         """Drop rows whose block is done (or whose request was cancelled); any left?"""
@@ -333,11 +386,11 @@ class Run:
             self.done[idx] = True
         return stop
 
-    def _commit(self, logits: torch.Tensor, cand: torch.Tensor, ratio: torch.Tensor, step: int,
-                rows: Rows) -> tuple[torch.Tensor, torch.Tensor]:
+    def _commit(self, logits: torch.Tensor, scored: Scored | None, cand: torch.Tensor, ratio: torch.Tensor,
+                step: int, rows: Rows) -> tuple[torch.Tensor, torch.Tensor]:
         """Which block positions to commit this step, and with which tokens."""
         cfg, traits = self.cfg, self.traits
-        x0, conf = self._scores(logits, cand, rows.gens)
+        x0, conf = self._scores(logits, scored, cand, rows.gens)
         if step == 0 and cfg.cache != "none" and traits.first_token_at_block_start:
             first = torch.zeros_like(cand)
             first[:, 0] = True
@@ -357,20 +410,25 @@ class Run:
             thr = torch.full_like(ratio, cfg.threshold, dtype=torch.float64)
         return policies.threshold_select(conf, cand, thr), x0
 
-    def _scores(self, logits: torch.Tensor, cand: torch.Tensor, gens) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token choice (never the mask id) and confidence of every candidate; -inf elsewhere."""
+    def _scores(self, logits: torch.Tensor, scored: Scored | None, cand: torch.Tensor,
+                gens) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token choice (never the mask id) and confidence of every candidate; -inf elsewhere.
+        A greedy forward's rows come scored by its caller (``score_forwards``)."""
         cfg, dtype = self.cfg, self.traits.confidence_dtype
         if self._sampling:
             # Row-wise draws keep a row's random stream independent of its batch.
             tok, sc = policies.choose_tokens(logits, cfg.remasking, cfg.temperature, dtype, gens,
                                              exclude=self.mask_id)
             return tok, sc.to(torch.float64).masked_fill(~cand, policies.NEG_INF)
+        if scored is None:  # a caller that runs forwards without score_forwards
+            tok, sc = policies.choose_tokens(logits[None], cfg.remasking, 0.0, dtype, None,
+                                             exclude=self.mask_id)
+            scored = tok[0], sc[0]
         x0 = torch.zeros(cand.shape, dtype=torch.long, device=cand.device)
         conf = torch.full(cand.shape, policies.NEG_INF, dtype=torch.float64, device=cand.device)
         idx = cand.nonzero(as_tuple=True)
-        tok, sc = policies.choose_tokens(logits[None], cfg.remasking, 0.0, dtype, None, exclude=self.mask_id)
-        x0[idx] = tok[0]
-        conf[idx] = sc[0].to(torch.float64)
+        x0[idx] = scored[0]
+        conf[idx] = scored[1].to(torch.float64)
         return x0, conf
 
 

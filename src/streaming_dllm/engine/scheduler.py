@@ -32,7 +32,7 @@ from ..config import DecodeConfig
 from ..kv_cache import PackedCaches, PackedPart
 from ..models.base import DiffusionLM
 from .decoder import GenerateOutput, output_of, start_run
-from .run import SCHEDULED, BlockChunk, Forward, Run
+from .run import SCHEDULED, BlockChunk, Forward, Run, score_forwards
 
 Policy = Literal["split", "joint", "buckets"]
 
@@ -152,15 +152,21 @@ class Scheduler:
         self.steps += 1
         self._admit(out)
         self._drop_cancelled(out)
+        ran: list[tuple[Handle, torch.Tensor]] = []
         for group in self._groups(self._this_step([h for h in self.active if h.pending is not None])):
             try:
-                results = self._forward([h.pending for h in group])
+                ran += zip(group, self._forward([h.pending for h in group]), strict=True)
             except Exception as exc:  # a forward that fails fails its requests, no others
                 for h in group:
                     self._finish(h, Event(h, "failed", error=exc), out)
-                continue
-            for h, logits in zip(group, results, strict=True):
-                self._advance(h, logits, out)
+        try:
+            score_forwards([h.pending for h, _ in ran], [logits for _, logits in ran])
+        except Exception as exc:  # scoring is per row: a failure here fails this step's requests
+            for h, _ in ran:
+                self._finish(h, Event(h, "failed", error=exc), out)
+            return out
+        for h, logits in ran:
+            self._advance(h, logits, out)
         return out
 
     def _admit(self, out: list[Event]) -> None:
