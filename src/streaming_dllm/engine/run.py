@@ -315,9 +315,9 @@ class Run:
 
     def _forward(self, rows: Rows, mode: CacheMode, feed: Feed, kept: torch.Tensor, step: int, s: int,
                  e: int) -> Generator[Forward, torch.Tensor,
-                                      tuple[torch.Tensor, Scored | None, torch.Tensor, torch.Tensor]]:
+                                      tuple[torch.Tensor, Scored | None, torch.Tensor, torch.Tensor | None]]:
         """Run one forward for ``rows``: (logits of the needed block positions, their scores when
-        greedy, candidates, r_mask).
+        greedy, candidates, r_mask: the share of masks left, which only the dynamic rule reads).
 
         Greedy decoding needs logits only where the block is still masked, so the LM head runs
         on those rows alone; sampling draws noise for every block position, so it gets them all.
@@ -342,6 +342,8 @@ class Run:
         for i in rows.order:
             self.row_nfe[i] += 1
             self.tokens_fed[i] += ids.shape[1]
+        if self.cfg.unmask != "dynamic":
+            return logits, scored, cand, None
         masked = (ids[:, s - feed.lo :] == self.mask_id).sum(-1)
         return logits, scored, cand, masked.to(torch.float64) / (kept.numel() - s)
 
@@ -386,8 +388,8 @@ class Run:
             self.done[idx] = True
         return stop
 
-    def _commit(self, logits: torch.Tensor, scored: Scored | None, cand: torch.Tensor, ratio: torch.Tensor,
-                step: int, rows: Rows) -> tuple[torch.Tensor, torch.Tensor]:
+    def _commit(self, logits: torch.Tensor, scored: Scored | None, cand: torch.Tensor,
+                ratio: torch.Tensor | None, step: int, rows: Rows) -> tuple[torch.Tensor, torch.Tensor]:
         """Which block positions to commit this step, and with which tokens."""
         cfg, traits = self.cfg, self.traits
         x0, conf = self._scores(logits, scored, cand, rows.gens)
@@ -395,8 +397,8 @@ class Run:
             first = torch.zeros_like(cand)
             first[:, 0] = True
             return first & cand, x0
-        n = cand.sum(-1)
         if cfg.unmask in SCHEDULED:
+            n = cand.sum(-1)
             if rows.schedule is not None:
                 k = rows.schedule[:, step] if step < rows.schedule.shape[1] else n
             else:
@@ -407,7 +409,7 @@ class Run:
         if cfg.unmask == "dynamic":
             thr = policies.dynamic_threshold(cfg.threshold, cfg.alpha, ratio)
         else:
-            thr = torch.full_like(ratio, cfg.threshold, dtype=torch.float64)
+            thr = torch.full((len(rows),), cfg.threshold, dtype=torch.float64, device=cand.device)
         return policies.threshold_select(conf, cand, thr), x0
 
     def _scores(self, logits: torch.Tensor, scored: Scored | None, cand: torch.Tensor,
@@ -424,11 +426,8 @@ class Run:
             tok, sc = policies.choose_tokens(logits[None], cfg.remasking, 0.0, dtype, None,
                                              exclude=self.mask_id)
             scored = tok[0], sc[0]
-        x0 = torch.zeros(cand.shape, dtype=torch.long, device=cand.device)
+        x0 = torch.zeros(cand.shape, dtype=torch.long, device=cand.device).masked_scatter_(cand, scored[0])
         conf = torch.full(cand.shape, policies.NEG_INF, dtype=torch.float64, device=cand.device)
-        idx = cand.nonzero(as_tuple=True)
-        x0[idx] = scored[0]
-        conf[idx] = scored[1].to(torch.float64)
-        return x0, conf
+        return x0, conf.masked_scatter_(cand, scored[1].to(torch.float64))
 
 
