@@ -131,3 +131,35 @@ def test_scoring_many_forwards_at_once_equals_scoring_each_alone():
         assert torch.equal(f.scored[0], tok[0]) and torch.equal(f.scored[1], sc[0])
         if f.scoring.exclude is not None:
             assert not (f.scored[0] == f.scoring.exclude).any()
+
+
+def test_sampled_scoring_together_equals_each_alone():
+    """Sampling forwards of one temperature and block are scored together too: each row still draws
+    its noise from its own generator, so its tokens and confidences are those it gets alone."""
+    from streaming_dllm.engine.run import Scoring, score_forwards
+
+    block, vocab = 4, 30
+    kind = Scoring("low_confidence", torch.float64, 2, 0.7, block)
+    other = Scoring("margin", torch.float32, 2, 1.3, block)
+    rows = [1, 3, 2, 1]
+    kinds = [kind, kind, other, kind]
+    g = torch.Generator().manual_seed(1)
+    logits = [torch.randn(n * block, vocab, generator=g) * 3 for n in rows]
+
+    def gens(i: int) -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(100 * i + r) for r in range(rows[i])]
+
+    together = [_forward(n * block, k) for n, k in zip(rows, kinds, strict=True)]
+    for i, f in enumerate(together):
+        f.generators = gens(i)
+    score_forwards(together, [t.clone() for t in logits])
+    for i, f in enumerate(together):
+        alone = _forward(rows[i] * block, f.scoring)
+        alone.generators = gens(i)
+        score_forwards([alone], [logits[i].clone()])
+        assert f.scored[0].shape == (rows[i], block)
+        assert torch.equal(f.scored[0], alone.scored[0]) and torch.equal(f.scored[1], alone.scored[1])
+        tok, sc = policies.choose_tokens(logits[i].view(rows[i], block, vocab), f.scoring.remasking,
+                                         f.scoring.temperature, f.scoring.dtype, gens(i), exclude=2)
+        assert torch.equal(f.scored[0], tok) and torch.equal(f.scored[1], sc)
+        assert not (f.scored[0] == 2).any()

@@ -54,12 +54,15 @@ Scored = tuple[torch.Tensor, torch.Tensor]
 
 @dataclass(frozen=True)
 class Scoring:
-    """How a greedy run scores its logits rows (argmax never the ``exclude`` id, confidence by
-    ``remasking`` in ``dtype``): forwards that score alike are scored in one call."""
+    """How a run scores its logits rows (token never the ``exclude`` id, confidence by
+    ``remasking`` in ``dtype``; ``temperature`` > 0: Gumbel-max over ``block`` positions per row,
+    from each row's own generator): forwards that score alike are scored in one call."""
 
     remasking: str
     dtype: torch.dtype
     exclude: int | None
+    temperature: float = 0.0
+    block: int = 0
 
 
 @dataclass
@@ -67,8 +70,9 @@ class Forward:
     """One model call a run is waiting for: ``model(ids, positions, cache=..., key_mask=...,
     logits_rows=...)``. A run yields it and is sent back the logits, so the same loop runs alone
     (``drive``) or with other requests in one batched forward (``scheduler``). A greedy run also
-    names its ``scoring``; the caller then fills ``scored`` (token and confidence per logits row,
-    ``score_forwards``) before sending the logits."""
+    names its ``scoring`` (a sampling one its rows' ``generators`` too); the caller then fills
+    ``scored`` (token and confidence per logits row, ``score_forwards``) before sending the
+    logits."""
 
     ids: torch.Tensor
     positions: torch.Tensor
@@ -76,6 +80,7 @@ class Forward:
     key_mask: torch.Tensor | None
     logits_rows: tuple[torch.Tensor, torch.Tensor]
     scoring: Scoring | None = None
+    generators: list[torch.Generator] | None = None
     scored: Scored | None = None
 
 
@@ -83,18 +88,26 @@ def score_forwards(forwards: list[Forward], logits: list[torch.Tensor]) -> None:
     """Fill ``scored`` of every forward that names a ``scoring``, one ``choose_tokens`` call per
     kind of scoring over all their logits rows: the per-row cost of a step's scoring is paid once,
     not once per request. Every operation in it works row by row (argmax, gather, logsumexp over
-    the vocabulary), so a row's token and confidence are the same as when it is scored alone."""
+    the vocabulary; a sampling row draws its noise from its own generator, the same draw as
+    alone), so a row's token and confidence are the same as when it is scored alone. Greedy
+    scores come per logits row ([K]), sampling ones per row and block position ([rows, block])."""
     kinds: dict[Scoring, list[int]] = {}
     for i, f in enumerate(forwards):
         if f.scoring is not None:
             kinds.setdefault(f.scoring, []).append(i)
     for kind, members in kinds.items():
-        rows = [logits[i] for i in members]
-        flat = rows[0] if len(rows) == 1 else torch.cat(rows)
-        tok, sc = policies.choose_tokens(flat[None], kind.remasking, 0.0, kind.dtype, None, kind.exclude)
-        sizes = [r.shape[0] for r in rows]
-        for i, t, c in zip(members, tok[0].split(sizes), sc[0].split(sizes), strict=True):
-            forwards[i].scored = (t, c)
+        if kind.temperature > 0:
+            rows = [logits[i].view(-1, kind.block, logits[i].shape[-1]) for i in members]
+            gens = [g for i in members for g in forwards[i].generators]
+        else:
+            rows, gens = [logits[i][None] for i in members], None
+        flat = rows[0] if len(rows) == 1 else torch.cat(rows, dim=1 if gens is None else 0)
+        tok, sc = policies.choose_tokens(flat, kind.remasking, kind.temperature, kind.dtype, gens,
+                                         kind.exclude)
+        dim = 0 if gens is not None else 1
+        sizes = [r.shape[dim] for r in rows]
+        for i, t, c in zip(members, tok.split(sizes, dim), sc.split(sizes, dim), strict=True):
+            forwards[i].scored = (t, c) if gens is not None else (t[0], c[0])
 
 
 Steps = Generator[Forward, torch.Tensor, None]
@@ -334,7 +347,8 @@ class Run:
         else:
             b, j = cand.nonzero(as_tuple=True)
             want = (b, src[j])
-        fwd = Forward(ids, rows.pos[:, feed.lo : feed.hi], rows.cache, rows.keys, want, self._scoring)
+        fwd = Forward(ids, rows.pos[:, feed.lo : feed.hi], rows.cache, rows.keys, want,
+                      self._scoring(rows, e - s), rows.gens)
         logits, scored = yield from call_scored(fwd)
         if self._sampling:
             logits = logits.view(len(rows), e - s, -1)
@@ -351,12 +365,15 @@ class Run:
     def _sampling(self) -> bool:
         return self.cfg.temperature > 0 or self.cfg.remasking == "random"
 
-    @property
-    def _scoring(self) -> Scoring | None:
-        """What a greedy forward's logits rows are scored by (None when sampling: row-wise draws)."""
-        if self._sampling:
+    def _scoring(self, rows: Rows, block: int) -> Scoring | None:
+        """What this forward's logits rows are scored by; None for random remasking (a second
+        draw per row, scored by the run itself)."""
+        cfg, dtype = self.cfg, self.traits.confidence_dtype
+        if not self._sampling:
+            return Scoring(cfg.remasking, dtype, self.mask_id)
+        if cfg.remasking == "random" or rows.gens is None:
             return None
-        return Scoring(self.cfg.remasking, self.traits.confidence_dtype, self.mask_id)
+        return Scoring(cfg.remasking, dtype, self.mask_id, float(cfg.temperature), block)
 
     def _continue(self, rows: Rows, s: int, e: int) -> bool:
         """Drop rows whose block is done (or whose request was cancelled); any left?"""
@@ -418,9 +435,10 @@ class Run:
         A greedy forward's rows come scored by its caller (``score_forwards``)."""
         cfg, dtype = self.cfg, self.traits.confidence_dtype
         if self._sampling:
-            # Row-wise draws keep a row's random stream independent of its batch.
-            tok, sc = policies.choose_tokens(logits, cfg.remasking, cfg.temperature, dtype, gens,
-                                             exclude=self.mask_id)
+            if scored is None:  # row-wise draws keep a row's random stream independent of its batch
+                scored = policies.choose_tokens(logits, cfg.remasking, cfg.temperature, dtype, gens,
+                                                exclude=self.mask_id)
+            tok, sc = scored
             return tok, sc.to(torch.float64).masked_fill(~cand, policies.NEG_INF)
         if scored is None:  # a caller that runs forwards without score_forwards
             tok, sc = policies.choose_tokens(logits[None], cfg.remasking, 0.0, dtype, None,
