@@ -425,6 +425,8 @@ class Tally:
     load1: list[float] = field(default_factory=list)
     batches: float = 0.0
     batch_rows: float = 0.0
+    round_rates: list[float] = field(default_factory=list)
+    """req/s of each round (the same requests every server got in that round)."""
 
     def row(self, max_tokens_of: dict[int, int] | None = None) -> dict[str, Any]:
         """The summary; with ``max_tokens_of`` (key -> max_tokens) also p50/p99 latency per length,
@@ -441,6 +443,7 @@ class Tally:
         out["mismatches"] = self.mismatched
         out["load1_mean"] = statistics.mean(self.load1) if self.load1 else float("nan")
         out["rows_per_batch"] = self.batch_rows / self.batches if self.batches > 0 else float("nan")
+        out["req_per_s_by_round"] = self.round_rates
         return out
 
 
@@ -476,6 +479,7 @@ def interleaved(servers: dict[str, ServerProcess], names: list[str], rounds: int
             tally.wall += wall
             tally.mismatched += len(mismatches([x for x in results if x.error is None], reference))
             s = summary(results, wall)
+            tally.round_rates.append(s["req_per_s"])
             print(f"  {label} round {r + 1}/{rounds} {name:16} {s['req_per_s']:6.2f} req/s "
                   f"p50 {s['p50_s']:6.2f} s p99 {s['p99_s']:6.2f} s  errors {s['errors']}  "
                   f"load {tally.load1[-1]:.1f}", flush=True)
@@ -542,6 +546,20 @@ def ratios(closed: dict[str, dict[str, Any]]) -> dict[str, float]:
             out[f"continuous/{other} req/s"] = c["req_per_s"] / closed[other]["req_per_s"]
             out[f"continuous/{other} tok/s"] = c["tokens_per_s"] / closed[other]["tokens_per_s"]
             out[f"continuous/{other} p99"] = c["p99_s"] / closed[other]["p99_s"]
+    return out
+
+
+def round_ratios(closed: dict[str, dict[str, Any]]) -> dict[str, list[float]]:
+    """continuous's throughput over each other server's, round by round: each round's servers ran
+    the same requests minutes apart, so the spread of these is the run's own noise."""
+    c = closed.get("continuous")
+    if c is None:
+        return {}
+    out = {}
+    for other in ("serial", "same-settings"):
+        if other in closed:
+            pairs = zip(c["req_per_s_by_round"], closed[other]["req_per_s_by_round"], strict=True)
+            out[f"continuous/{other} req/s"] = [a / b for a, b in pairs]
     return out
 
 
@@ -686,6 +704,7 @@ def main() -> int:
             s.__exit__()
     out["loads"] = loads
     out["ratios"] = ratios(closed)
+    out["round_ratios"] = round_ratios(closed)
     out["acceptance"] = acceptance(out["ratios"])
     out["total_s"] = time.perf_counter() - t_start
 
@@ -727,6 +746,8 @@ def report(out: dict[str, Any], args: argparse.Namespace) -> list[str]:
     if out["ratios"]:
         lines += ["## Ratios (closed loop)", ""]
         lines += [f"* {k}: {v:.2f}" for k, v in out["ratios"].items()]
+        lines += [f"* {k}, round by round: min {min(v):.2f}, median {statistics.median(v):.2f}, "
+                  f"max {max(v):.2f} ({len(v)} rounds)" for k, v in out["round_ratios"].items() if v]
         lines += [f"* {k}: {'met' if v else 'NOT met'}" for k, v in out["acceptance"].items()]
     return lines
 
