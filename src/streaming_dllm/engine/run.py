@@ -49,7 +49,8 @@ class BlockChunk:
 
 
 Scored = tuple[torch.Tensor, torch.Tensor]
-"""A greedy forward's token choice and confidence, per logits row ([K] each)."""
+"""A forward's token choice and confidence: per logits row ([K] each) when greedy, per row and
+block position ([rows, block] each) when sampling."""
 
 
 @dataclass(frozen=True)
@@ -69,10 +70,10 @@ class Scoring:
 class Forward:
     """One model call a run is waiting for: ``model(ids, positions, cache=..., key_mask=...,
     logits_rows=...)``. A run yields it and is sent back the logits, so the same loop runs alone
-    (``drive``) or with other requests in one batched forward (``scheduler``). A greedy run also
-    names its ``scoring`` (a sampling one its rows' ``generators`` too); the caller then fills
-    ``scored`` (token and confidence per logits row, ``score_forwards``) before sending the
-    logits."""
+    (``drive``) or with other requests in one batched forward (``scheduler``). A run also names
+    its ``scoring`` (a sampling one its rows' ``generators`` too); the scheduler fills ``scored``
+    for a whole step at once (``score_forwards``) before sending the logits, and a run whose
+    caller did not scores its forward alone, with the same function."""
 
     ids: torch.Tensor
     positions: torch.Tensor
@@ -96,18 +97,19 @@ def score_forwards(forwards: list[Forward], logits: list[torch.Tensor]) -> None:
         if f.scoring is not None:
             kinds.setdefault(f.scoring, []).append(i)
     for kind, members in kinds.items():
-        if kind.temperature > 0:
+        sampled = kind.temperature > 0
+        if sampled:  # [rows, block, V], side by side by row; each row brings its generator
             rows = [logits[i].view(-1, kind.block, logits[i].shape[-1]) for i in members]
             gens = [g for i in members for g in forwards[i].generators]
-        else:
+        else:  # [1, K, V], side by side by logits row
             rows, gens = [logits[i][None] for i in members], None
-        flat = rows[0] if len(rows) == 1 else torch.cat(rows, dim=1 if gens is None else 0)
+        dim = 0 if sampled else 1
+        flat = rows[0] if len(rows) == 1 else torch.cat(rows, dim=dim)
         tok, sc = policies.choose_tokens(flat, kind.remasking, kind.temperature, kind.dtype, gens,
                                          kind.exclude)
-        dim = 0 if gens is not None else 1
         sizes = [r.shape[dim] for r in rows]
         for i, t, c in zip(members, tok.split(sizes, dim), sc.split(sizes, dim), strict=True):
-            forwards[i].scored = (t, c) if gens is not None else (t[0], c[0])
+            forwards[i].scored = (t, c) if sampled else (t[0], c[0])
 
 
 Steps = Generator[Forward, torch.Tensor, None]
@@ -121,12 +123,6 @@ def call(ids: torch.Tensor, positions: torch.Tensor, cache: KVCache | None, key_
     return logits
 
 
-def call_scored(forward: Forward) -> Generator[Forward, torch.Tensor, tuple[torch.Tensor, Scored | None]]:
-    """Ask for one forward that names its scoring: ``logits, scored = yield from call_scored(f)``."""
-    logits = yield forward
-    return logits, forward.scored
-
-
 def drive(model: DiffusionLM, events: Generator) -> Iterator[BlockChunk]:
     """Run one run's events alone: every forward goes to the model, block chunks come out."""
     event = next(events, None)
@@ -134,7 +130,6 @@ def drive(model: DiffusionLM, events: Generator) -> Iterator[BlockChunk]:
         if isinstance(event, Forward):
             logits = model(event.ids, event.positions, cache=event.cache, key_mask=event.key_mask,
                            logits_rows=event.logits_rows)
-            score_forwards([event], [logits])
             event = _send(events, logits)
         else:
             yield event
@@ -347,9 +342,12 @@ class Run:
         else:
             b, j = cand.nonzero(as_tuple=True)
             want = (b, src[j])
-        fwd = Forward(ids, rows.pos[:, feed.lo : feed.hi], rows.cache, rows.keys, want,
-                      self._scoring(rows, e - s), rows.gens)
-        logits, scored = yield from call_scored(fwd)
+        fwd = Forward(ids, rows.pos[:, feed.lo : feed.hi], rows.cache, rows.keys, want, self._scoring(e - s),
+                      rows.gens)
+        logits = yield fwd
+        if fwd.scoring is not None and fwd.scored is None:  # run alone (``drive``): scored here
+            score_forwards([fwd], [logits])
+        scored = fwd.scored
         if self._sampling:
             logits = logits.view(len(rows), e - s, -1)
         self.nfe += 1
@@ -365,13 +363,13 @@ class Run:
     def _sampling(self) -> bool:
         return self.cfg.temperature > 0 or self.cfg.remasking == "random"
 
-    def _scoring(self, rows: Rows, block: int) -> Scoring | None:
+    def _scoring(self, block: int) -> Scoring | None:
         """What this forward's logits rows are scored by; None for random remasking (a second
-        draw per row, scored by the run itself)."""
+        draw per row, scored in ``_scores``)."""
         cfg, dtype = self.cfg, self.traits.confidence_dtype
         if not self._sampling:
             return Scoring(cfg.remasking, dtype, self.mask_id)
-        if cfg.remasking == "random" or rows.gens is None:
+        if cfg.remasking == "random":
             return None
         return Scoring(cfg.remasking, dtype, self.mask_id, float(cfg.temperature), block)
 
@@ -432,18 +430,14 @@ class Run:
     def _scores(self, logits: torch.Tensor, scored: Scored | None, cand: torch.Tensor,
                 gens) -> tuple[torch.Tensor, torch.Tensor]:
         """Token choice (never the mask id) and confidence of every candidate; -inf elsewhere.
-        A greedy forward's rows come scored by its caller (``score_forwards``)."""
+        The forward's rows come scored (``score_forwards``), except under random remasking."""
         cfg, dtype = self.cfg, self.traits.confidence_dtype
         if self._sampling:
-            if scored is None:  # row-wise draws keep a row's random stream independent of its batch
+            if scored is None:  # random remasking; row-wise draws keep a row's stream its own
                 scored = policies.choose_tokens(logits, cfg.remasking, cfg.temperature, dtype, gens,
                                                 exclude=self.mask_id)
             tok, sc = scored
             return tok, sc.to(torch.float64).masked_fill(~cand, policies.NEG_INF)
-        if scored is None:  # a caller that runs forwards without score_forwards
-            tok, sc = policies.choose_tokens(logits[None], cfg.remasking, 0.0, dtype, None,
-                                             exclude=self.mask_id)
-            scored = tok[0], sc[0]
         x0 = torch.zeros(cand.shape, dtype=torch.long, device=cand.device).masked_scatter_(cand, scored[0])
         conf = torch.full(cand.shape, policies.NEG_INF, dtype=torch.float64, device=cand.device)
         return x0, conf.masked_scatter_(cand, scored[1].to(torch.float64))
